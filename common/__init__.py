@@ -1,0 +1,5 @@
+"""Engine for backing up, emptying and (later) restoring a LangChain PGVector store.
+
+Nothing in this package imports Celery: every function here runs against a bare
+PostgreSQL connection and a directory, so it can be tested and reused directly.
+"""

@@ -1,0 +1,176 @@
+"""Back up one table as CSV with COPY ... TO STDOUT, streamed to disk in constant memory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO, TypedDict
+
+import psycopg2
+from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
+
+from common.atomic import atomic_output
+from common.config import VectorTableManagement
+from common.db import DatabaseTarget, connect, first_line, rollback_quietly, table_error, table_identifier
+from common.exceptions import BackupError, VectorBackupError
+from common.sizes import format_size
+
+
+class TableProgress(TypedDict):
+    table: str
+    step: str
+    rows: int
+    total_estimate: int | None
+    bytes: int
+    percent: float | None
+
+
+class TableBackup(TypedDict, total=False):
+    table: str
+    success: bool
+    row_count: int
+    file_size: str
+    file_size_bytes: int
+    backup_file: str
+    duration: float
+    started_at: float
+    error: str
+
+
+ProgressCallback = Callable[[TableProgress], None]
+
+
+def backup_file_name(table: str, timestamp: str) -> str:
+    return f"{table}_{timestamp}.csv"
+
+
+class _CountingWriter:
+    """The file psycopg2 copies into: it forwards bytes and counts CSV records.
+
+    libpq hands COPY OUT data over one row per message and psycopg2 makes one `write`
+    call per message, so calls minus the header are exact row counts, even for values
+    with embedded newlines.
+    """
+
+    def __init__(self, out: BinaryIO, progress: TableProgress, every: int, report) -> None:
+        self._write = out.write
+        self._progress = progress
+        self._every = every
+        self._report = report
+        self.records = 0
+        self.bytes = 0
+
+    def write(self, data: bytes) -> None:
+        self._write(data)
+        self.records += 1
+        self.bytes += len(data)
+        rows = self.records - 1
+        if rows and rows % self._every == 0:
+            self._report(rows, self.bytes)
+
+
+def estimate_rows(conn: Connection, table: str) -> int | None:
+    """The planner's row estimate, or None when the table was never analyzed or is missing."""
+    name = table_identifier(table).as_string(conn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", (name,))
+        row = cur.fetchone()
+    return int(row[0]) if row and row[0] > 0 else None
+
+
+def backup_table(
+    conn: Connection,
+    table: str,
+    directory: Path,
+    timestamp: str,
+    settings: VectorTableManagement,
+    on_progress: ProgressCallback | None = None,
+) -> TableBackup:
+    """Write `table` to `directory/{table}_{timestamp}.csv` (CSV, header, UTF-8).
+
+    Guarantees: the `.csv` exists only if every row was written, flushed and fsynced;
+    the row count is exact; on any error the temp file is gone and a `BackupError`
+    names the table and the step that failed.
+    """
+    started = time.time()
+    query = sql.SQL("COPY (SELECT * FROM {}) TO STDOUT WITH (FORMAT csv, HEADER, ENCODING 'UTF8')")
+    query = query.format(table_identifier(table))
+    final = directory / backup_file_name(table, timestamp)
+    step = "estimating rows"
+    progress = TableProgress(table=table, step=step, rows=0, total_estimate=None, bytes=0, percent=None)
+
+    def report(rows: int, written: int, done: bool = False) -> None:
+        total = progress["total_estimate"]
+        percent = 100.0 if done else (min(99.9, 100.0 * rows / total) if total else None)
+        progress.update(rows=rows, bytes=written, percent=percent, step=progress["step"])
+        if on_progress is not None:
+            on_progress(dict(progress))
+
+    try:
+        progress["total_estimate"] = estimate_rows(conn, table)
+        step = progress["step"] = "creating the backup directory"
+        directory.mkdir(parents=True, exist_ok=True)
+        step = progress["step"] = "copying"
+        with atomic_output(final, settings.backup_temp_suffix) as out:
+            writer = _CountingWriter(out, progress, settings.progress_every, report)
+            with conn.cursor() as cur:
+                cur.copy_expert(query, writer)
+                server_rows = cur.rowcount
+            rows = writer.records - 1
+            if server_rows >= 0 and server_rows != rows:
+                raise BackupError(f"{table}: server sent {server_rows} rows, {rows} were written")
+            step = progress["step"] = "syncing and renaming"
+        progress["step"] = "done"
+        report(rows, writer.bytes, done=True)
+    except VectorBackupError:
+        raise
+    except (psycopg2.Error, OSError) as exc:
+        rollback_quietly(conn)
+        raise table_error(table, step, exc) from exc
+    size = final.stat().st_size
+    return TableBackup(
+        table=table,
+        success=True,
+        row_count=rows,
+        file_size=format_size(size),
+        file_size_bytes=size,
+        backup_file=final.name,
+        duration=round(time.time() - started, 3),
+        started_at=started,
+    )
+
+
+def run_table_backup(
+    target: DatabaseTarget,
+    table: str,
+    directory: Path,
+    timestamp: str,
+    settings: VectorTableManagement,
+    on_progress: ProgressCallback | None = None,
+) -> TableBackup:
+    """Connect and back up one table; a failure becomes this table's failed result.
+
+    Returning instead of raising lets the other tables of the set still be backed up;
+    whoever aggregates the set decides that it failed.
+    """
+    started = time.time()
+    try:
+        conn = connect(target)
+        try:
+            return backup_table(conn, table, directory, timestamp, settings, on_progress)
+        finally:
+            conn.close()
+    except VectorBackupError as exc:
+        error = target.redact(str(exc))
+    except Exception as exc:  # noqa: BLE001 - any surprise is still this table's failure
+        error = target.redact(f"{table}: unexpected {type(exc).__name__}: {first_line(exc)}")
+    return TableBackup(
+        table=table,
+        success=False,
+        row_count=0,
+        error=error,
+        duration=round(time.time() - started, 3),
+        started_at=started,
+    )

@@ -1,0 +1,132 @@
+"""Settings from environment variables, parsed by small typed readers.
+
+Every variable is documented in the README. `load_settings()` reads the environment
+each time it is called, so a worker picks up the process environment it was started
+with and tests can point it at their own servers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.db import DatabaseTarget
+from common.exceptions import ConfigurationError
+
+COLLECTION_TABLE = "langchain_pg_collection"
+EMBEDDING_TABLE = "langchain_pg_embedding"
+TASK_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class VectorTableManagement:
+    """The seeds' `vector_table_management` block."""
+
+    backup_directory: str = "vector_bak"
+    supported_tables: tuple[str, ...] = (COLLECTION_TABLE, EMBEDDING_TABLE)
+    truncate_tables: tuple[str, ...] = (EMBEDDING_TABLE,)
+    timestamp_format: str = "%Y%m%d_%H%M%S"
+    backup_temp_suffix: str = ".tmp"
+    progress_every: int = 50_000
+    truncate_lock_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.supported_tables:
+            raise ConfigurationError("VECTOR_SUPPORTED_TABLES must name at least one table")
+        unknown = [t for t in self.truncate_tables if t not in self.supported_tables]
+        if unknown:
+            raise ConfigurationError(
+                f"VECTOR_TRUNCATE_TABLES {unknown} are not in VECTOR_SUPPORTED_TABLES; "
+                "a table is only truncated after it has been backed up"
+            )
+        # The collection table holds the store's identity; the seeds never empty it.
+        if any(_bare_name(t) == COLLECTION_TABLE for t in self.truncate_tables):
+            raise ConfigurationError(f"{COLLECTION_TABLE} is never truncated")
+        if self.progress_every < 1:
+            raise ConfigurationError("VECTOR_PROGRESS_EVERY must be a positive number of rows")
+        if not self.backup_temp_suffix or "/" in self.backup_temp_suffix:
+            raise ConfigurationError("VECTOR_BACKUP_TEMP_SUFFIX must be a plain suffix such as .tmp")
+        if "/" in self.backup_directory or self.backup_directory in ("", ".", ".."):
+            raise ConfigurationError("VECTOR_BACKUP_DIRECTORY must be a single directory name")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseTarget
+    task_root: Path = Path("data_pipeline/training_data")
+    vector: VectorTableManagement = field(default_factory=VectorTableManagement)
+
+    def backup_directory(self, task_id: str | None = None) -> Path:
+        """`<root>/<task_id>/vector_bak`, or `<root>/vector_bak` without a task id."""
+        base = self.task_root
+        if task_id is not None:
+            validate_task_id(task_id)
+            base = base / task_id
+        return base / self.vector.backup_directory
+
+
+def validate_task_id(task_id: str) -> str:
+    """Accept only the seeds' `^[a-zA-Z0-9_]+$`, which also keeps paths inside the root."""
+    if not isinstance(task_id, str) or not TASK_ID_PATTERN.match(task_id) or len(task_id) > 128:
+        raise ConfigurationError("task id must be 1-128 characters of letters, digits and underscores")
+    return task_id
+
+
+def _bare_name(table: str) -> str:
+    return table.rsplit(".", 1)[-1]
+
+
+def _tables(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    return tuple(t.strip() for t in raw.split(",") if t.strip())
+
+
+def _number(env: Mapping[str, str], name: str, default: float, kind: type = int):
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+
+
+def database_from_env(env: Mapping[str, str]) -> DatabaseTarget:
+    """`VECTOR_DB_URL` if set, else `VECTOR_DB_HOST`/`PORT`/`NAME`/`USER`/`PASSWORD`."""
+    url = env.get("VECTOR_DB_URL")
+    if url:
+        return DatabaseTarget.from_url(url)
+    return DatabaseTarget.from_parts(
+        host=env.get("VECTOR_DB_HOST", "localhost"),
+        port=int(_number(env, "VECTOR_DB_PORT", 5432)),
+        dbname=env.get("VECTOR_DB_NAME", "postgres"),
+        user=env.get("VECTOR_DB_USER", "postgres"),
+        password=env.get("VECTOR_DB_PASSWORD") or None,
+    )
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read every setting from `env` (default: the process environment)."""
+    env = os.environ if env is None else env
+    defaults = VectorTableManagement()
+    vector = VectorTableManagement(
+        backup_directory=env.get("VECTOR_BACKUP_DIRECTORY", defaults.backup_directory),
+        supported_tables=_tables(env, "VECTOR_SUPPORTED_TABLES", defaults.supported_tables),
+        truncate_tables=_tables(env, "VECTOR_TRUNCATE_TABLES", defaults.truncate_tables),
+        timestamp_format=env.get("VECTOR_TIMESTAMP_FORMAT", defaults.timestamp_format),
+        backup_temp_suffix=env.get("VECTOR_BACKUP_TEMP_SUFFIX", defaults.backup_temp_suffix),
+        progress_every=int(_number(env, "VECTOR_PROGRESS_EVERY", defaults.progress_every)),
+        truncate_lock_timeout_s=float(
+            _number(env, "VECTOR_TRUNCATE_LOCK_TIMEOUT", defaults.truncate_lock_timeout_s, float)
+        ),
+    )
+    return Settings(
+        database=database_from_env(env),
+        task_root=Path(env.get("VECTOR_TASK_ROOT", "data_pipeline/training_data")),
+        vector=vector,
+    )

@@ -1,0 +1,126 @@
+"""PostgreSQL connections and identifiers; driver errors become the project's own here."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import psycopg2
+import psycopg2.errors
+from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
+from psycopg2.extensions import make_dsn, parse_dsn
+
+from common.exceptions import (
+    BackupError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    PermissionDeniedError,
+    TableNotFoundError,
+)
+
+APPLICATION_NAME = "pgvector-backup"
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """Where to connect. The password is kept out of `repr`, `describe()` and `identity`."""
+
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str | None = field(default=None, repr=False)
+    options: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> DatabaseTarget:
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ConfigurationError("the database URL must start with postgresql://")
+        try:
+            params = parse_dsn(url)
+        except psycopg2.ProgrammingError:
+            raise ConfigurationError("the database URL could not be parsed") from None
+        return cls.from_parts(
+            host=params.pop("host", "localhost"),
+            port=int(params.pop("port", 5432)),
+            dbname=params.pop("dbname", "postgres"),
+            user=params.pop("user", "postgres"),
+            password=params.pop("password", None) or None,
+            **params,
+        )
+
+    @classmethod
+    def from_parts(cls, host, port, dbname, user, password=None, **options) -> DatabaseTarget:
+        return cls(host, int(port), dbname, user, password, tuple(sorted(options.items())))
+
+    @property
+    def identity(self) -> dict[str, str | int]:
+        """What names this database in results, logs and lock keys: never the password."""
+        return {"host": self.host, "port": self.port, "dbname": self.dbname, "user": self.user}
+
+    def describe(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+    def dsn(self) -> str:
+        return make_dsn(
+            host=self.host,
+            port=self.port,
+            dbname=self.dbname,
+            user=self.user,
+            password=self.password,
+            **dict(self.options),
+        )
+
+    def redact(self, text: str) -> str:
+        """`text` with the password replaced, for messages built from driver errors."""
+        if self.password:
+            text = text.replace(self.password, "***")
+        return text
+
+
+def connect(target: DatabaseTarget, *, autocommit: bool = True) -> Connection:
+    """Open a connection or raise `DatabaseUnavailableError` naming the database, not the password."""
+    try:
+        conn = psycopg2.connect(target.dsn(), application_name=APPLICATION_NAME, connect_timeout=10)
+    except psycopg2.Error as exc:
+        reason = target.redact(first_line(exc))
+        raise DatabaseUnavailableError(f"cannot connect to {target.describe()}: {reason}") from None
+    conn.autocommit = autocommit
+    return conn
+
+
+def table_identifier(table: str) -> sql.Identifier:
+    """Quote `table` or `schema.table` as an identifier; reject anything else."""
+    parts = table.split(".")
+    if len(parts) > 2 or not all(parts):
+        raise ConfigurationError(f"invalid table name {table!r}: use table or schema.table")
+    return sql.Identifier(*parts)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def table_error(table: str, step: str, exc: Exception, target: DatabaseTarget | None = None) -> BackupError:
+    """Turn a driver or OS error met while working on `table` into a clear per-table error."""
+    reason = first_line(exc)
+    if target is not None:
+        reason = target.redact(reason)
+    if isinstance(exc, psycopg2.errors.UndefinedTable):
+        return TableNotFoundError(f"{table}: table does not exist")
+    if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
+        return PermissionDeniedError(f"{table}: permission denied while {step}: {reason}")
+    if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
+        return BackupError(f"{table}: database connection lost while {step}: {reason}")
+    if isinstance(exc, OSError):
+        return BackupError(f"{table}: file error while {step}: {reason}")
+    return BackupError(f"{table}: {step} failed: {reason}")
+
+
+def rollback_quietly(conn: Connection) -> None:
+    """Roll back whatever is open; a dead connection has nothing left to roll back."""
+    if not conn.closed:
+        with contextlib.suppress(psycopg2.Error):
+            conn.rollback()

