@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from celery import Signature, chord
+from celery.result import AsyncResult
 
 from common.backup import TableBackup
 from common.config import Settings, load_settings, validate_task_id
@@ -64,3 +65,9 @@ def build_vector_workflow(
     if truncate:
         workflow = workflow | truncate_vector_tables.s()
     return workflow
+
+
+def table_results(workflow: Signature) -> list[AsyncResult]:
+    """The per-table backup results of a frozen workflow, to read their PROGRESS meta."""
+    header = workflow.tasks
+    return [AsyncResult(task.id, app=app) for task in getattr(header, "tasks", header)]
