@@ -1,0 +1,89 @@
+"""The processes users run: `celery -A worker worker` as documented, and `make demo`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAKE_PASSWORD
+from worker.sample_store import add_bulk_rows, count_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_CHAIN = """
+import json, sys
+from tasks.vector_backup import build_vector_workflow
+print(json.dumps(build_vector_workflow(sys.argv[1], truncate=True).apply_async().get(timeout=60)))
+"""
+
+
+def isolated(url: str, db: int) -> str:
+    """The same Redis on another database number, so only the subprocess worker consumes."""
+    return url.rsplit("/", 1)[0] + f"/{db}"
+
+
+@pytest.mark.slow
+def test_celery_worker_command_runs_the_chain_without_printing_the_password(
+    store, services, task_id, task_root, tmp_path
+):
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 2_000)
+    broker = isolated(services["CELERY_BROKER_URL"], 5)
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": broker,
+        "CELERY_RESULT_BACKEND": broker,
+        "PYTHONPATH": str(ROOT),
+    }
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-l", "info", "-E", "-c", "2"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        client = subprocess.run(
+            [sys.executable, "-c", RUN_CHAIN, task_id],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert client.returncode == 0, client.stderr
+    result = json.loads(client.stdout)
+    output = log.read_text()
+    assert result["truncate_performed"] is True
+    assert result["tables_backed_up"]["langchain_pg_embedding"]["row_count"] == 2_000
+    assert count_rows(store.conn, "langchain_pg_embedding") == 0
+    assert "vector.truncate_vector_tables" in output and "succeeded" in output
+    assert FAKE_PASSWORD not in output
+
+
+@pytest.mark.slow
+def test_make_demo_runs_the_chain_and_stops_everything(tmp_path):
+    started = time.monotonic()
+    demo = subprocess.run(
+        [sys.executable, "-m", "worker.demo"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "langchain_pg_embedding: 50,000 rows" in demo.stdout
+    assert "after the run: langchain_pg_embedding has 0 rows, langchain_pg_collection has 1" in demo.stdout
+    assert demo.stdout.rstrip().endswith("stopped every process the demo started")
+    assert "Traceback" not in demo.stderr
+    assert time.monotonic() - started < 120
