@@ -13,7 +13,15 @@ from psycopg2.extensions import connection as Connection
 
 from common.atomic import atomic_output
 from common.config import VectorTableManagement
-from common.db import DatabaseTarget, connect, first_line, rollback_quietly, table_error, table_identifier
+from common.db import (
+    DatabaseTarget,
+    connect,
+    first_line,
+    is_alive,
+    rollback_quietly,
+    table_error,
+    table_identifier,
+)
 from common.exceptions import BackupError, VectorBackupError
 from common.sizes import format_size
 
@@ -54,9 +62,8 @@ class _CountingWriter:
     with embedded newlines.
     """
 
-    def __init__(self, out: BinaryIO, progress: TableProgress, every: int, report) -> None:
+    def __init__(self, out: BinaryIO, every: int, report: Callable[[int, int], None]) -> None:
         self._write = out.write
-        self._progress = progress
         self._every = every
         self._report = report
         self.records = 0
@@ -98,37 +105,40 @@ def backup_table(
     query = sql.SQL("COPY (SELECT * FROM {}) TO STDOUT WITH (FORMAT csv, HEADER, ENCODING 'UTF8')")
     query = query.format(table_identifier(table))
     final = directory / backup_file_name(table, timestamp)
-    step = "estimating rows"
-    progress = TableProgress(table=table, step=step, rows=0, total_estimate=None, bytes=0, percent=None)
+    # The step is kept current so an error, like the progress meta, says where it happened.
+    progress = TableProgress(
+        table=table, step="estimating rows", rows=0, total_estimate=None, bytes=0, percent=None
+    )
 
     def report(rows: int, written: int, done: bool = False) -> None:
         total = progress["total_estimate"]
         percent = 100.0 if done else (min(99.9, 100.0 * rows / total) if total else None)
-        progress.update(rows=rows, bytes=written, percent=percent, step=progress["step"])
+        progress.update(rows=rows, bytes=written, percent=percent)
         if on_progress is not None:
             on_progress(dict(progress))
 
     try:
         progress["total_estimate"] = estimate_rows(conn, table)
-        step = progress["step"] = "creating the backup directory"
+        progress["step"] = "creating the backup directory"
         directory.mkdir(parents=True, exist_ok=True)
-        step = progress["step"] = "copying"
+        progress["step"] = "copying"
         with atomic_output(final, settings.backup_temp_suffix) as out:
-            writer = _CountingWriter(out, progress, settings.progress_every, report)
+            writer = _CountingWriter(out, settings.progress_every, report)
             with conn.cursor() as cur:
                 cur.copy_expert(query, writer)
                 server_rows = cur.rowcount
             rows = writer.records - 1
             if server_rows >= 0 and server_rows != rows:
                 raise BackupError(f"{table}: server sent {server_rows} rows, {rows} were written")
-            step = progress["step"] = "syncing and renaming"
+            progress["step"] = "syncing and renaming"
         progress["step"] = "done"
         report(rows, writer.bytes, done=True)
     except VectorBackupError:
         raise
     except (psycopg2.Error, OSError) as exc:
         rollback_quietly(conn)
-        raise table_error(table, step, exc) from exc
+        lost = not is_alive(conn)
+        raise table_error(table, progress["step"], exc, connection_lost=lost) from exc
     size = final.stat().st_size
     return TableBackup(
         table=table,

@@ -103,16 +103,15 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def table_error(table: str, step: str, exc: Exception, target: DatabaseTarget | None = None) -> BackupError:
+def table_error(table: str, step: str, exc: Exception, connection_lost: bool = False) -> BackupError:
     """Turn a driver or OS error met while working on `table` into a clear per-table error."""
     reason = first_line(exc)
-    if target is not None:
-        reason = target.redact(reason)
     if isinstance(exc, psycopg2.errors.UndefinedTable):
         return TableNotFoundError(f"{table}: table does not exist")
     if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
         return PermissionDeniedError(f"{table}: permission denied while {step}: {reason}")
-    if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
+    # A backend killed mid-COPY may surface as a bare DatabaseError from libpq.
+    if connection_lost or isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
         return BackupError(f"{table}: database connection lost while {step}: {reason}")
     if isinstance(exc, OSError):
         return BackupError(f"{table}: file error while {step}: {reason}")
@@ -124,3 +123,15 @@ def rollback_quietly(conn: Connection) -> None:
     if not conn.closed:
         with contextlib.suppress(psycopg2.Error):
             conn.rollback()
+
+
+def is_alive(conn: Connection) -> bool:
+    """Whether the server still answers on `conn` (after any failed transaction is rolled back)."""
+    if conn.closed:
+        return False
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        return True
+    except psycopg2.Error:
+        return False
