@@ -110,11 +110,12 @@ def table_error(table: str, step: str, exc: Exception, connection_lost: bool = F
         return TableNotFoundError(f"{table}: table does not exist")
     if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
         return PermissionDeniedError(f"{table}: permission denied while {step}: {reason}")
+    # A local file error is the cause even when it leaves the COPY stream unusable.
+    if isinstance(exc, OSError):
+        return BackupError(f"{table}: file error while {step}: {reason}")
     # A backend killed mid-COPY may surface as a bare DatabaseError from libpq.
     if connection_lost or isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
         return BackupError(f"{table}: database connection lost while {step}: {reason}")
-    if isinstance(exc, OSError):
-        return BackupError(f"{table}: file error while {step}: {reason}")
     return BackupError(f"{table}: {step} failed: {reason}")
 
 

@@ -141,6 +141,26 @@ def test_connection_killed_mid_copy_leaves_no_csv_and_no_temp(store, tmp_path, s
     victim.close()
 
 
+def test_unwritable_backup_directory_is_a_clear_file_error(store, tmp_path):
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("")
+
+    with pytest.raises(BackupError, match="file error while creating the backup directory"):
+        backup_table(store.conn, "langchain_pg_embedding", blocker / "vector_bak", TS, VECTOR)
+    assert leftovers(tmp_path) == ["not_a_directory"]
+
+
+def test_write_failure_mid_copy_leaves_no_csv_and_no_temp(store, tmp_path):
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 120_000)
+
+    def fail_writing(progress):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(BackupError, match=r"file error while copying: .*No space left on device"):
+        backup_table(store.conn, "langchain_pg_embedding", tmp_path, TS, VECTOR, fail_writing)
+    assert leftovers(tmp_path) == []
+
+
 def test_existing_backup_is_never_overwritten(store, tmp_path):
     existing = tmp_path / f"langchain_pg_embedding_{TS}.csv"
     existing.write_text("an earlier backup\n")
