@@ -54,10 +54,28 @@ class VectorTableManagement:
 
 
 @dataclass(frozen=True)
+class RunControl:
+    """How runs are de-duplicated and serialized (Redis keys with expiries)."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    lock_ttl_s: float = 300.0
+    lock_wait: str = "wait"
+    lock_retry_delay_s: float = 10.0
+    claim_ttl_s: float = 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.lock_wait not in ("wait", "fail"):
+            raise ConfigurationError("VECTOR_LOCK_WAIT must be 'wait' or 'fail'")
+        if min(self.lock_ttl_s, self.lock_retry_delay_s, self.claim_ttl_s) <= 0:
+            raise ConfigurationError("lock and claim times must be positive numbers of seconds")
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseTarget
     task_root: Path = Path("data_pipeline/training_data")
     vector: VectorTableManagement = field(default_factory=VectorTableManagement)
+    runs: RunControl = field(default_factory=RunControl)
 
     def backup_directory(self, task_id: str | None = None) -> Path:
         """`<root>/<task_id>/vector_bak`, or `<root>/vector_bak` without a task id."""
@@ -125,8 +143,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             _number(env, "VECTOR_TRUNCATE_LOCK_TIMEOUT", defaults.truncate_lock_timeout_s, float)
         ),
     )
+    runs = RunControl(
+        redis_url=env.get("VECTOR_LOCK_REDIS_URL") or env.get("CELERY_BROKER_URL", RunControl.redis_url),
+        lock_ttl_s=float(_number(env, "VECTOR_LOCK_TTL", RunControl.lock_ttl_s, float)),
+        lock_wait=env.get("VECTOR_LOCK_WAIT", RunControl.lock_wait),
+        lock_retry_delay_s=float(
+            _number(env, "VECTOR_LOCK_RETRY_DELAY", RunControl.lock_retry_delay_s, float)
+        ),
+        claim_ttl_s=float(_number(env, "VECTOR_CLAIM_TTL", RunControl.claim_ttl_s, float)),
+    )
     return Settings(
         database=database_from_env(env),
         task_root=Path(env.get("VECTOR_TASK_ROOT", "data_pipeline/training_data")),
         vector=vector,
+        runs=runs,
     )

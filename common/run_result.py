@@ -15,6 +15,7 @@ from common.truncate import TableTruncate
 class RunRequest(TypedDict):
     """What the caller asked for; travels as a task argument, so it holds no secret."""
 
+    run_id: str
     task_id: str | None
     timestamp: str
     truncate_requested: bool
@@ -30,6 +31,7 @@ class VectorRunResult(TypedDict, total=False):
     backup_directory: str
     duration: float
     started_at: float
+    run_id: str
     task_id: str | None
     timestamp: str
     database: dict[str, Any]
@@ -55,6 +57,7 @@ def aggregate_backups(
         backup_directory=str(backup_directory),
         duration=round(time.time() - started_at, 3),
         started_at=started_at,
+        run_id=request["run_id"],
         task_id=request["task_id"],
         timestamp=request["timestamp"],
         database=database,

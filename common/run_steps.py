@@ -11,42 +11,81 @@ from common.backup import ProgressCallback, TableBackup, run_table_backup
 from common.backup_log import append_backup_block, append_truncate_block
 from common.config import Settings
 from common.db import connect
-from common.exceptions import BackupFailedError, RunFailedError, TruncateError, VectorBackupError
+from common.exceptions import (
+    BackupFailedError,
+    RunFailedError,
+    TruncateError,
+    TruncateRefusedError,
+    VectorBackupError,
+)
+from common.run_lock import RunLock
 from common.run_result import RunRequest, VectorRunResult, aggregate_backups, verified_row_counts
 from common.truncate import truncate_tables
 
 
 def back_up_table(
-    settings: Settings, request: RunRequest, table: str, on_progress: ProgressCallback | None = None
+    settings: Settings,
+    request: RunRequest,
+    table: str,
+    on_progress: ProgressCallback | None = None,
+    lock: RunLock | None = None,
 ) -> TableBackup:
-    """Back up `table` into the run's set; a failure is returned as the table's result."""
+    """Back up `table` into the run's set; a failure is returned as the table's result.
+
+    Each progress report also renews the run lock, so a long copy keeps it.
+    """
     directory = settings.backup_directory(request["task_id"])
+
+    def report(progress):
+        if lock is not None:
+            lock.renew()
+        if on_progress is not None:
+            on_progress(progress)
+
     return run_table_backup(
-        settings.database, table, directory, request["timestamp"], settings.vector, on_progress
+        settings.database, table, directory, request["timestamp"], settings.vector, report
     )
 
 
-def close_backup_set(settings: Settings, request: RunRequest, tables: list[TableBackup]) -> VectorRunResult:
-    """Aggregate the set, log it, and raise `BackupFailedError` if any table failed."""
+def close_backup_set(
+    settings: Settings, request: RunRequest, tables: list[TableBackup], lock: RunLock | None = None
+) -> VectorRunResult:
+    """Aggregate the set, log it, and raise `BackupFailedError` if any table failed.
+
+    The run lock is released here unless a truncate follows that still needs it.
+    """
     directory = settings.backup_directory(request["task_id"])
     result = aggregate_backups(request, tables, directory, settings.database.identity)
-    append_backup_block(directory, result)
-    if result["errors"]:
-        raise BackupFailedError("backup failed: " + "; ".join(result["errors"]), result)
+    try:
+        append_backup_block(directory, result)
+        if result["errors"]:
+            raise BackupFailedError("backup failed: " + "; ".join(result["errors"]), result)
+    finally:
+        if lock is not None and (result["errors"] or not request["truncate_requested"]):
+            lock.release()
     return result
 
 
-def truncate_after_backup(settings: Settings, backup_result: VectorRunResult) -> VectorRunResult:
-    """Truncate the configured tables only if `backup_result` is a proven, complete set.
+def truncate_after_backup(
+    settings: Settings, backup_result: VectorRunResult, lock: RunLock | None = None
+) -> VectorRunResult:
+    """Truncate the configured tables only if `backup_result` is a proven, complete set
+    and, with a `lock`, only while this run still holds the database's run lock.
 
     Appends the outcome to the set's log either way. Raises a `RunFailedError` carrying
-    the result when it refuses or fails; the backup files are never touched.
+    the result when it refuses or fails; the backup files are never touched. The lock is
+    released at the end.
     """
     directory = settings.backup_directory(backup_result.get("task_id"))
     result = VectorRunResult(**backup_result)
     preserved = [t for t in settings.vector.supported_tables if t not in settings.vector.truncate_tables]
     try:
         counts = verified_row_counts(backup_result, settings.vector.supported_tables, directory)
+        if lock is not None and not lock.renew():
+            raise TruncateRefusedError(
+                f"this run no longer holds the lock on {settings.database.describe()} "
+                f"(now held by {lock.holder() or 'nobody'}); nothing was truncated"
+            )
         conn = connect(settings.database)
         try:
             result["truncate_results"] = truncate_tables(
@@ -61,6 +100,9 @@ def truncate_after_backup(settings: Settings, backup_result: VectorRunResult) ->
         append_truncate_block(directory, result, preserved, error=error)
         error_type = type(exc) if isinstance(exc, RunFailedError) else TruncateError
         raise error_type(error, result) from None
+    finally:
+        if lock is not None:
+            lock.release()
     result["truncate_performed"] = True
     result["duration"] = _since(result)
     append_truncate_block(directory, result, preserved)

@@ -9,34 +9,72 @@ connection string; workers read the database from their own environment.
 
 from __future__ import annotations
 
+import functools
+import time
+import uuid
 from datetime import datetime
 
+import redis
 from celery import Signature, chord
 from celery.result import AsyncResult
 
 from common.backup import TableBackup
 from common.config import Settings, load_settings, validate_task_id
+from common.run_lock import RunLock
 from common.run_result import RunRequest, VectorRunResult
 from common.run_steps import back_up_table, close_backup_set, truncate_after_backup
 from worker import app
 
 
-@app.task(name="vector.backup_table", bind=True)
+class DatabaseBusy(Exception):
+    """Another run holds this database's lock (a retry reason, never a final state)."""
+
+
+@functools.cache
+def redis_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+def run_lock(settings: Settings, run_id: str) -> RunLock:
+    client = redis_client(settings.runs.redis_url)
+    return RunLock(client, settings.database.identity, run_id, settings.runs.lock_ttl_s)
+
+
+@app.task(name="vector.backup_table", bind=True, max_retries=None)
 def backup_table(self, table: str, request: RunRequest) -> TableBackup:
+    settings = load_settings()
+    lock = run_lock(settings, request["run_id"])
+    if not lock.acquire():
+        busy = f"{settings.database.describe()} is busy with run {lock.holder()}"
+        if settings.runs.lock_wait == "wait":
+            # Re-queued with a countdown; RETRY in the result backend and Flower says why.
+            raise self.retry(countdown=settings.runs.lock_retry_delay_s, exc=DatabaseBusy(busy))
+        return TableBackup(
+            table=table,
+            success=False,
+            row_count=0,
+            error=f"{table}: {busy}",
+            duration=0.0,
+            started_at=time.time(),
+        )
+
     def report(progress):
         self.update_state(state="PROGRESS", meta=progress)
 
-    return back_up_table(load_settings(), request, table, on_progress=report)
+    return back_up_table(settings, request, table, on_progress=report, lock=lock)
 
 
 @app.task(name="vector.backup_vector_tables")
 def backup_vector_tables(tables: list[TableBackup], request: RunRequest) -> VectorRunResult:
-    return close_backup_set(load_settings(), request, tables)
+    settings = load_settings()
+    return close_backup_set(settings, request, tables, lock=run_lock(settings, request["run_id"]))
 
 
 @app.task(name="vector.truncate_vector_tables")
 def truncate_vector_tables(backup_result: VectorRunResult) -> VectorRunResult:
-    return truncate_after_backup(load_settings(), backup_result)
+    settings = load_settings()
+    lock = run_lock(settings, str(backup_result.get("run_id", "")))
+    return truncate_after_backup(settings, backup_result, lock=lock)
 
 
 def build_vector_workflow(
@@ -56,6 +94,7 @@ def build_vector_workflow(
     if task_id is not None:
         validate_task_id(task_id)
     request = RunRequest(
+        run_id=uuid.uuid4().hex,
         task_id=task_id,
         timestamp=(now or datetime.now()).strftime(settings.vector.timestamp_format),
         truncate_requested=truncate,

@@ -40,6 +40,8 @@ def services(tmp_path_factory):
         "CELERY_BROKER_URL": redis_url,
         "CELERY_RESULT_BACKEND": redis_url,
         "VECTOR_TASK_ROOT": str(task_root),
+        # A run waiting for another run's database lock re-checks quickly in tests.
+        "VECTOR_LOCK_RETRY_DELAY": "0.3",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -11,7 +11,7 @@ import redis
 
 from common.config import load_settings
 from common.exceptions import BackupFailedError, TruncateRefusedError
-from tasks.vector_backup import backup_table, build_vector_workflow, truncate_vector_tables
+from tasks.vector_backup import backup_table, build_vector_workflow, run_lock, truncate_vector_tables
 from tests.conftest import FAKE_PASSWORD
 from worker.sample_store import add_awkward_rows, add_bulk_rows, count_rows
 
@@ -115,9 +115,13 @@ def test_one_table_failing_stops_the_chain_before_truncate(store, task_id, task_
     assert "TRUNCATED" not in log
 
 
-def backed_up(store, task_id):
+def backed_up(store, task_id, hold_lock=True):
+    """A real backup-only result; with `hold_lock`, its run holds the lock as a chain would."""
     add_bulk_rows(store.conn, store.kind, store.collection_id, 300)
-    return run(task_id, truncate=False).get(timeout=TIMEOUT)
+    result = run(task_id, truncate=False).get(timeout=TIMEOUT)
+    if hold_lock:
+        assert run_lock(load_settings(), result["run_id"]).acquire()
+    return result
 
 
 def test_truncate_refuses_a_backup_whose_file_changed_size(store, task_id):
@@ -157,6 +161,20 @@ def test_truncate_refuses_a_result_that_does_not_show_every_table(store, task_id
     assert count_rows(store.conn, "langchain_pg_embedding") == 300
 
 
+def test_truncate_refuses_when_its_run_does_not_hold_the_database_lock(store, task_id):
+    result = backed_up(store, task_id, hold_lock=False)
+    other = run_lock(load_settings(), "another_run")
+    assert other.acquire()
+    try:
+        with pytest.raises(
+            TruncateRefusedError, match=r"no longer holds the lock on \S+ \(now held by another_run\)"
+        ):
+            truncate_vector_tables.delay(result).get(timeout=TIMEOUT)
+    finally:
+        other.release()
+    assert count_rows(store.conn, "langchain_pg_embedding") == 300
+
+
 def test_truncate_refuses_when_rows_changed_after_the_backup(store, task_id, task_root):
     result = backed_up(store, task_id)
     add_awkward_rows(store.conn, store.kind, store.collection_id)
@@ -175,7 +193,12 @@ def test_a_polling_client_sees_progress_meta_while_the_worker_copies(db, task_id
             "CASE WHEN g = 60000 THEN pg_sleep(3)::text END AS pause "
             "FROM generate_series(1, 70000) AS g"
         )
-    request = {"task_id": task_id, "timestamp": "20250101_000000", "truncate_requested": False}
+    request = {
+        "run_id": "progress_" + task_id,
+        "task_id": task_id,
+        "timestamp": "20250101_000000",
+        "truncate_requested": False,
+    }
     try:
         async_result = backup_table.delay("slow_rows", request)
         deadline = time.monotonic() + TIMEOUT
@@ -184,6 +207,8 @@ def test_a_polling_client_sees_progress_meta_while_the_worker_copies(db, task_id
         progress = async_result.info
         final = async_result.get(timeout=TIMEOUT)
     finally:
+        # A lone table task has no chord body to release the run lock.
+        run_lock(load_settings(), request["run_id"]).release()
         with db.cursor() as cur:
             cur.execute("DROP VIEW slow_rows")
     assert progress["table"] == "slow_rows" and progress["rows"] == 50_000
@@ -217,3 +242,19 @@ def test_no_password_reaches_results_logs_files_or_the_result_backend(store, tas
     for key in backend.scan_iter():
         if backend.type(key) == b"string":
             assert password.encode() not in backend.get(key), key
+
+
+def test_two_runs_on_one_database_never_overlap(store, task_id):
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 150_000, dim=32)
+    first = run(task_id + "_a", truncate=False)
+    second = run(task_id + "_b", truncate=False)
+
+    results = [first.get(timeout=TIMEOUT), second.get(timeout=TIMEOUT)]
+
+    def span(result):
+        tables = result["tables_backed_up"].values()
+        return min(t["started_at"] for t in tables), max(t["started_at"] + t["duration"] for t in tables)
+
+    (_, a_end), (b_start, _) = sorted(span(r) for r in results)
+    assert a_end <= b_start, "the second run's backup started while the first still held the database"
+    assert all(r["backup_performed"] for r in results)

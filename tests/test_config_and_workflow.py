@@ -92,6 +92,7 @@ def test_backup_only_is_the_chord_of_one_task_per_table():
     assert [t.args[0] for t in workflow.tasks] == ["langchain_pg_collection", "langchain_pg_embedding"]
     assert workflow.body.name == "vector.backup_vector_tables"
     request = workflow.body.args[0]
+    assert len(request.pop("run_id")) == 32
     assert request == {"task_id": "t1", "timestamp": "20250720_121007", "truncate_requested": False}
 
 
