@@ -83,6 +83,7 @@ def build_vector_workflow(
     truncate: bool = False,
     settings: Settings | None = None,
     now: datetime | None = None,
+    run_id: str | None = None,
 ) -> Signature | None:
     """The signature to run: the backup chord, `| truncate` when asked, or None for nothing.
 
@@ -94,7 +95,7 @@ def build_vector_workflow(
     if task_id is not None:
         validate_task_id(task_id)
     request = RunRequest(
-        run_id=uuid.uuid4().hex,
+        run_id=run_id or uuid.uuid4().hex,
         task_id=task_id,
         timestamp=(now or datetime.now()).strftime(settings.vector.timestamp_format),
         truncate_requested=truncate,
