@@ -1,0 +1,184 @@
+"""`python -m worker`: run the vector step for a pipeline task and follow it.
+
+Exit status: 0 success (or nothing asked), 1 the run failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+from celery.exceptions import TimeoutError as CeleryTimeout
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from common.exceptions import RunFailedError, VectorBackupError
+from common.sizes import format_size
+
+console = Console(stderr=True)
+
+
+@click.group()
+def cli() -> None:
+    """Back up, empty and restore a LangChain PGVector store with Celery."""
+
+
+@cli.command()
+@click.option("--task-id", help="Pipeline task id; backups go to <root>/<task-id>/vector_bak/.")
+@click.option("--backup-vector-tables", is_flag=True, help="Back up both vector tables to CSV.")
+@click.option(
+    "--truncate-vector-tables",
+    is_flag=True,
+    help="Empty langchain_pg_embedding after a complete backup (turns backup on).",
+)
+@click.option(
+    "--skip-training-load",
+    is_flag=True,
+    help="The pipeline skips loading training data; the vector step still runs.",
+)
+@click.option("--force", is_flag=True, help="Send a new run even if this task id already has one.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the run to its end.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait with --wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print {'vector_management_stats': ...} as JSON.")
+def run(
+    task_id, backup_vector_tables, truncate_vector_tables, skip_training_load, force, wait, timeout, as_json
+):
+    """Enqueue the vector step once for a pipeline task, then (with --wait) follow it."""
+    from tasks.pipeline import enqueue_vector_management
+
+    if truncate_vector_tables and not backup_vector_tables:
+        console.print("--truncate-vector-tables implies --backup-vector-tables: backup turned on")
+    if skip_training_load:
+        console.print("--skip-training-load: training load skipped; the vector step still runs")
+    try:
+        answer = enqueue_vector_management(
+            task_id, backup=backup_vector_tables, truncate=truncate_vector_tables, force=force
+        )
+    except VectorBackupError as exc:
+        raise click.UsageError(str(exc)) from None
+    if answer["run_id"] is None:
+        report(None, None, as_json)
+        return
+    console.print(answer["message"])
+    if not wait:
+        click.echo(answer["run_id"])
+        console.print(f"follow it with: python -m worker follow {answer['run_id']}")
+        return
+    sys.exit(follow_run(answer["run_id"], timeout, as_json))
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print {'vector_management_stats': ...} as JSON.")
+def follow(run_id, timeout, as_json):
+    """Show a run's live progress per table, then its summary."""
+    sys.exit(follow_run(run_id, timeout, as_json))
+
+
+def follow_run(run_id: str, timeout: float, as_json: bool) -> int:
+    from tasks.pipeline import run_record, run_result
+    from worker import app
+
+    record = run_record(run_id)
+    if record is None:
+        raise click.UsageError(f"unknown run {run_id} (never sent, or expired)")
+    final = run_result(record)
+    tables = {task_id: app.AsyncResult(task_id) for task_id in record["tables"]}
+    deadline = time.monotonic() + timeout
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        bars = {
+            tid: progress.add_task(name, total=None, note="waiting") for tid, name in record["tables"].items()
+        }
+        while not final.ready():
+            if time.monotonic() > deadline:
+                console.print(
+                    f"still running after {timeout:g}s; follow it with: python -m worker follow {run_id}"
+                )
+                return 1
+            for tid, result in tables.items():
+                update_bar(progress, bars[tid], result)
+            time.sleep(0.25)
+        for tid, result in tables.items():
+            update_bar(progress, bars[tid], result)
+    try:
+        stats = final.get(timeout=5, propagate=True)
+    except RunFailedError as exc:
+        report(exc.result, str(exc), as_json)
+        return 1
+    except (VectorBackupError, CeleryTimeout, Exception) as exc:  # noqa: BLE001 - any failure is reported
+        report(None, f"{type(exc).__name__}: {exc}", as_json)
+        return 1
+    report(stats, None, as_json)
+    return 0
+
+
+def update_bar(progress: Progress, bar, result) -> None:
+    state, info = result.state, result.info if isinstance(result.info, dict) else {}
+    if state == "PROGRESS":
+        progress.update(
+            bar, total=info.get("total_estimate"), completed=info["rows"], note=format_size(info["bytes"])
+        )
+    elif state == "SUCCESS" and info.get("success"):
+        progress.update(
+            bar, total=info["row_count"] or 1, completed=info["row_count"] or 1, note=info["file_size"]
+        )
+    elif state == "SUCCESS":
+        progress.update(bar, note="FAILED")
+    elif state == "RETRY":
+        progress.update(bar, note="waiting for the database lock")
+    else:
+        progress.update(bar, note=state.lower())
+
+
+def report(stats: dict | None, error: str | None, as_json: bool) -> None:
+    """The seeds' end-of-run summary; with --json, the stats under `vector_management_stats`."""
+    if as_json:
+        click.echo(json.dumps({"vector_management_stats": stats, "error": error}, ensure_ascii=False))
+        return
+    click.echo(summary_text(stats, error))
+
+
+def summary_text(stats: dict | None, error: str | None) -> str:
+    if stats is None and error is None:
+        return "vector table management: not run"
+    lines = ["===== Vector table management ====="]
+    if error:
+        lines.append(f"✗ run failed: {error}")
+    if stats:
+        tables = stats.get("tables_backed_up", {})
+        done = [t for t in tables.values() if t.get("success")]
+        if stats.get("backup_performed"):
+            rows = sum(t["row_count"] for t in done)
+            size = sum(t["file_size_bytes"] for t in done)
+            lines.append(
+                f"✓ backup performed: {len(done)} tables, {rows:,} rows, {len(done)} files, "
+                f"{format_size(size)} in {stats.get('backup_directory')}"
+            )
+        else:
+            lines.append("✗ backup not completed")
+        for name, info in tables.items():
+            if info.get("success"):
+                lines.append(
+                    f"  - {name}: {info['row_count']:,} rows -> {info['backup_file']} ({info['file_size']})"
+                )
+            else:
+                lines.append(f"  - {name}: FAILED - {info.get('error')}")
+        if stats.get("truncate_performed"):
+            for name, info in stats.get("truncate_results", {}).items():
+                lines.append(f"✓ truncate performed: {name} emptied ({info['rows_before']:,} rows removed)")
+        else:
+            lines.append("- truncate: not performed")
+        lines.append(f"✓ duration: {stats.get('duration', 0):.1f}s")
+    lines.append("===================================")
+    return "\n".join(lines)
