@@ -19,6 +19,7 @@ class RunRequest(TypedDict):
     task_id: str | None
     timestamp: str
     truncate_requested: bool
+    external_db: bool
 
 
 class VectorRunResult(TypedDict, total=False):
@@ -32,6 +33,7 @@ class VectorRunResult(TypedDict, total=False):
     duration: float
     started_at: float
     run_id: str
+    external_db: bool
     task_id: str | None
     timestamp: str
     database: dict[str, Any]
@@ -58,6 +60,7 @@ def aggregate_backups(
         duration=round(time.time() - started_at, 3),
         started_at=started_at,
         run_id=request["run_id"],
+        external_db=request.get("external_db", False),
         task_id=request["task_id"],
         timestamp=request["timestamp"],
         database=database,

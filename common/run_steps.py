@@ -81,6 +81,11 @@ def truncate_after_backup(
     preserved = [t for t in settings.vector.supported_tables if t not in settings.vector.truncate_tables]
     try:
         counts = verified_row_counts(backup_result, settings.vector.supported_tables, directory)
+        if backup_result.get("database") != settings.database.identity:
+            raise TruncateRefusedError(
+                f"the backup was taken from {backup_result.get('database')}, not from "
+                f"{settings.database.describe()}; nothing was truncated"
+            )
         if lock is not None and not lock.renew():
             raise TruncateRefusedError(
                 f"this run no longer holds the lock on {settings.database.describe()} "

@@ -15,6 +15,7 @@ from typing import Any, TypedDict
 from celery.result import AsyncResult
 
 from common.config import Settings, load_settings
+from common.run_database import store_run_database
 from tasks.vector_backup import build_vector_workflow, redis_client, table_results
 from worker import app
 
@@ -42,6 +43,7 @@ def enqueue_vector_management(
     backup: bool = False,
     truncate: bool = False,
     *,
+    db_connection: str | None = None,
     force: bool = False,
     settings: Settings | None = None,
 ) -> EnqueueResult:
@@ -50,6 +52,8 @@ def enqueue_vector_management(
     Truncate implies backup; neither means nothing is sent. `force=True` sends a new run
     even if one was claimed for this task id. Without a task id there is nothing to
     de-duplicate on, so every call sends a run (the nightly backup's case).
+    `db_connection` (a postgresql:// URL) targets another database than the configured
+    one; it reaches the workers through Redis, never as a task argument.
     """
     if truncate and not backup:
         backup = True
@@ -57,10 +61,14 @@ def enqueue_vector_management(
         return EnqueueResult(run_id=None, enqueued=False, backup=False, truncate=False, message=NOT_RUN)
     settings = settings or load_settings()
     run_id = uuid.uuid4().hex
-    workflow = build_vector_workflow(task_id, truncate=truncate, settings=settings, run_id=run_id)
-    final = workflow.freeze()
     client = redis_client(settings.runs.redis_url)
     ttl = int(settings.runs.claim_ttl_s)
+    if db_connection:
+        store_run_database(client, run_id, db_connection, ttl)
+    workflow = build_vector_workflow(
+        task_id, truncate=truncate, settings=settings, run_id=run_id, external_db=bool(db_connection)
+    )
+    final = workflow.freeze()
     tables = zip(table_results(workflow), settings.vector.supported_tables, strict=True)
     record = {
         "run_id": run_id,
@@ -76,7 +84,9 @@ def enqueue_vector_management(
         if not claimed:
             existing = client.get(claim_key(task_id))
             if existing is None:  # the claim expired in between: try again
-                return enqueue_vector_management(task_id, backup, truncate, force=force, settings=settings)
+                return enqueue_vector_management(
+                    task_id, backup, truncate, db_connection=db_connection, force=force, settings=settings
+                )
             return EnqueueResult(
                 run_id=existing.decode(),
                 enqueued=False,

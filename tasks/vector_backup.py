@@ -20,6 +20,7 @@ from celery.result import AsyncResult
 
 from common.backup import TableBackup
 from common.config import Settings, load_settings, validate_task_id
+from common.run_database import settings_for_run
 from common.run_lock import RunLock
 from common.run_result import RunRequest, VectorRunResult
 from common.run_steps import back_up_table, close_backup_set, truncate_after_backup
@@ -35,6 +36,13 @@ def redis_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
 
 
+def run_settings(run: RunRequest | VectorRunResult) -> Settings:
+    """The worker's settings, with the run's own database if it was given one."""
+    settings = load_settings()
+    client = redis_client(settings.runs.redis_url)
+    return settings_for_run(settings, client, str(run.get("run_id")), bool(run.get("external_db")))
+
+
 def run_lock(settings: Settings, run_id: str) -> RunLock:
     client = redis_client(settings.runs.redis_url)
     return RunLock(client, settings.database.identity, run_id, settings.runs.lock_ttl_s)
@@ -42,7 +50,7 @@ def run_lock(settings: Settings, run_id: str) -> RunLock:
 
 @app.task(name="vector.backup_table", bind=True, max_retries=None)
 def backup_table(self, table: str, request: RunRequest) -> TableBackup:
-    settings = load_settings()
+    settings = run_settings(request)
     lock = run_lock(settings, request["run_id"])
     if not lock.acquire():
         busy = f"{settings.database.describe()} is busy with run {lock.holder()}"
@@ -66,13 +74,13 @@ def backup_table(self, table: str, request: RunRequest) -> TableBackup:
 
 @app.task(name="vector.backup_vector_tables")
 def backup_vector_tables(tables: list[TableBackup], request: RunRequest) -> VectorRunResult:
-    settings = load_settings()
+    settings = run_settings(request)
     return close_backup_set(settings, request, tables, lock=run_lock(settings, request["run_id"]))
 
 
 @app.task(name="vector.truncate_vector_tables")
 def truncate_vector_tables(backup_result: VectorRunResult) -> VectorRunResult:
-    settings = load_settings()
+    settings = run_settings(backup_result)
     lock = run_lock(settings, str(backup_result.get("run_id", "")))
     return truncate_after_backup(settings, backup_result, lock=lock)
 
@@ -84,6 +92,7 @@ def build_vector_workflow(
     settings: Settings | None = None,
     now: datetime | None = None,
     run_id: str | None = None,
+    external_db: bool = False,
 ) -> Signature | None:
     """The signature to run: the backup chord, `| truncate` when asked, or None for nothing.
 
@@ -99,6 +108,7 @@ def build_vector_workflow(
         task_id=task_id,
         timestamp=(now or datetime.now()).strftime(settings.vector.timestamp_format),
         truncate_requested=truncate,
+        external_db=external_db,
     )
     header = [backup_table.s(table, request) for table in settings.vector.supported_tables]
     workflow = chord(header, backup_vector_tables.s(request))

@@ -102,3 +102,11 @@ def test_help_documents_every_option():
         "--json",
     ):
         assert option in done.stdout
+
+
+def test_skip_training_load_still_runs_the_vector_step(store, task_id):
+    done = cli("run", "--task-id", task_id, "--backup-vector-tables", "--skip-training-load")
+
+    assert done.returncode == 0, done.stderr
+    assert "the vector step still runs" in done.stderr
+    assert "✓ backup performed: 2 tables" in done.stdout

@@ -93,7 +93,12 @@ def test_backup_only_is_the_chord_of_one_task_per_table():
     assert workflow.body.name == "vector.backup_vector_tables"
     request = workflow.body.args[0]
     assert len(request.pop("run_id")) == 32
-    assert request == {"task_id": "t1", "timestamp": "20250720_121007", "truncate_requested": False}
+    assert request == {
+        "task_id": "t1",
+        "timestamp": "20250720_121007",
+        "truncate_requested": False,
+        "external_db": False,
+    }
 
 
 @pytest.mark.parametrize("backup", [True, False])

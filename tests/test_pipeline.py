@@ -8,11 +8,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg2
 import pytest
 
+from common.config import load_settings
+from common.exceptions import BackupFailedError
 from tasks.pipeline import NOT_RUN, enqueue_vector_management, run_record, run_result
-from worker.sample_store import add_bulk_rows, count_rows
+from tasks.vector_backup import run_lock
+from tests.conftest import FAKE_PASSWORD
+from worker.sample_store import add_bulk_rows, add_collection, count_rows, create_store
 
 pytestmark = pytest.mark.usefixtures("celery_worker_session")
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,3 +107,62 @@ def test_force_sends_a_second_run_deliberately(store, task_id, task_root):
     assert again["enqueued"] and again["run_id"] != first["run_id"]
     run_result(run_record(again["run_id"])).get(timeout=TIMEOUT)
     assert len(backup_sets(task_root, task_id)) == 2
+
+
+@pytest.fixture
+def second_database(services, db):
+    """Another database on the same server, with its own LangChain store."""
+    name = "vector_second"
+    with db.cursor() as cur:
+        try:
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+            cur.execute(f"CREATE DATABASE {name}")
+        except psycopg2.Error as exc:
+            pytest.skip(f"cannot create a second database here: {exc}")
+    url = urlunsplit(urlsplit(services["VECTOR_DB_URL"])._replace(path=f"/{name}"))
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    create_store(conn, "langchain_postgres")
+    collection = add_collection(conn, "langchain_postgres", "second")
+    add_bulk_rows(conn, "langchain_postgres", collection, 150_000, dim=32)
+    yield url, conn
+    conn.close()
+    with db.cursor() as cur:
+        cur.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_runs_on_two_databases_overlap_and_each_truncates_its_own(store, task_id, second_database):
+    second_url, second = second_database
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 150_000, dim=32)
+
+    here = enqueue_vector_management(task_id + "_here", backup=True)
+    there = enqueue_vector_management(task_id + "_there", truncate=True, db_connection=second_url)
+    results = [run_result(run_record(r["run_id"])).get(timeout=TIMEOUT) for r in (here, there)]
+
+    (a_start, a_end), (b_start, b_end) = (span(r) for r in results)
+    assert a_start < b_end and b_start < a_end, "runs on different databases waited for each other"
+    assert [r["database"]["dbname"] for r in results] == [store.conn.info.dbname, "vector_second"]
+    assert count_rows(store.conn, "langchain_pg_embedding") == 150_000
+    assert count_rows(second, "langchain_pg_embedding") == 0
+    assert results[1]["tables_backed_up"]["langchain_pg_embedding"]["row_count"] == 150_000
+    assert FAKE_PASSWORD not in json.dumps(results)
+
+
+def span(result):
+    tables = result["tables_backed_up"].values()
+    return min(t["started_at"] for t in tables), max(t["started_at"] + t["duration"] for t in tables)
+
+
+def test_fail_mode_refuses_a_second_run_on_a_busy_database(store, task_id, monkeypatch):
+    monkeypatch.setenv("VECTOR_LOCK_WAIT", "fail")
+    holder = run_lock(load_settings(), "nightly_run")
+    assert holder.acquire()
+    try:
+        answer = enqueue_vector_management(task_id, truncate=True)
+        with pytest.raises(BackupFailedError, match="is busy with run nightly_run"):
+            run_result(run_record(answer["run_id"])).get(timeout=TIMEOUT)
+    finally:
+        holder.release()

@@ -38,12 +38,25 @@ def cli() -> None:
     is_flag=True,
     help="The pipeline skips loading training data; the vector step still runs.",
 )
+@click.option(
+    "--db-connection",
+    metavar="URL",
+    help="postgresql://user:password@host:port/db instead of the configured database.",
+)
 @click.option("--force", is_flag=True, help="Send a new run even if this task id already has one.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the run to its end.")
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait with --wait.")
 @click.option("--json", "as_json", is_flag=True, help="Print {'vector_management_stats': ...} as JSON.")
 def run(
-    task_id, backup_vector_tables, truncate_vector_tables, skip_training_load, force, wait, timeout, as_json
+    task_id,
+    backup_vector_tables,
+    truncate_vector_tables,
+    skip_training_load,
+    db_connection,
+    force,
+    wait,
+    timeout,
+    as_json,
 ):
     """Enqueue the vector step once for a pipeline task, then (with --wait) follow it."""
     from tasks.pipeline import enqueue_vector_management
@@ -54,7 +67,11 @@ def run(
         console.print("--skip-training-load: training load skipped; the vector step still runs")
     try:
         answer = enqueue_vector_management(
-            task_id, backup=backup_vector_tables, truncate=truncate_vector_tables, force=force
+            task_id,
+            backup=backup_vector_tables,
+            truncate=truncate_vector_tables,
+            db_connection=db_connection,
+            force=force,
         )
     except VectorBackupError as exc:
         raise click.UsageError(str(exc)) from None

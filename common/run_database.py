@@ -1,0 +1,39 @@
+"""A run's own database (`db_connection`), kept out of every task argument.
+
+The URL, password included, is stored in Redis under the run id with an expiry; tasks
+carry only the flag `external_db`. Anyone who can read this Redis can read the broker's
+messages too, so this adds no reader; results, logs and task arguments never see it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import redis
+
+from common.config import Settings
+from common.db import DatabaseTarget
+from common.exceptions import ConfigurationError
+
+
+def _key(run_id: str) -> str:
+    return f"vector:run-db:{run_id}"
+
+
+def store_run_database(client: redis.Redis, run_id: str, url: str, ttl_s: float) -> DatabaseTarget:
+    """Validate `url` and keep it for the run's tasks."""
+    target = DatabaseTarget.from_url(url)
+    client.set(_key(run_id), url, ex=int(ttl_s))
+    return target
+
+
+def settings_for_run(settings: Settings, client: redis.Redis, run_id: str, external_db: bool) -> Settings:
+    """`settings` with the run's own database when it was given one."""
+    if not external_db:
+        return settings
+    url = client.get(_key(run_id))
+    if url is None:
+        raise ConfigurationError(
+            f"the database given for run {run_id} is no longer known (expired); nothing was done"
+        )
+    return dataclasses.replace(settings, database=DatabaseTarget.from_url(url.decode()))
