@@ -35,6 +35,8 @@ def test_truncate_alone_turns_backup_on_and_prints_the_summary(store, task_id):
 
     assert done.returncode == 0, done.stderr
     assert "--truncate-vector-tables implies --backup-vector-tables: backup turned on" in done.stderr
+    assert "langchain_pg_embedding" in done.stderr and "300/300" in done.stderr  # the progress bars
+    assert "Traceback" not in done.stderr
     assert "✓ backup performed: 2 tables, 301 rows, 2 files" in done.stdout
     assert "  - langchain_pg_embedding: 300 rows -> langchain_pg_embedding_" in done.stdout
     assert "✓ truncate performed: langchain_pg_embedding emptied (300 rows removed)" in done.stdout

@@ -4,3 +4,16 @@ from celery import Celery
 
 app = Celery("pgvector_backup")
 app.config_from_object("celeryconfig")
+
+
+def release_pending_results() -> None:
+    """Unsubscribe every result this process is waiting on, while Redis is still reachable.
+
+    Celery's Redis backend subscribes to each task a client sends and unsubscribes when
+    the result object is collected; at interpreter exit that fails noisily. Processes
+    that send tasks call this before they exit.
+    """
+    for mapping in getattr(app.backend, "_pending_results", ()):
+        for waiters in list(mapping.values()):
+            for result in list(waiters.values()):
+                app.backend.remove_pending_result(result)

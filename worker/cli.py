@@ -23,6 +23,9 @@ console = Console(stderr=True)
 @click.group()
 def cli() -> None:
     """Back up, empty and restore a LangChain PGVector store with Celery."""
+    from worker.celery_app import release_pending_results
+
+    click.get_current_context().call_on_close(release_pending_results)
 
 
 @cli.command()

@@ -62,8 +62,10 @@ def main() -> int:
 
 def stop_everything(worker, servers) -> None:
     """Stop the worker, then the servers; each step runs even if an earlier one failed."""
+    from worker.celery_app import release_pending_results
+
     try:
-        release_results()
+        release_pending_results()
     finally:
         try:
             if worker is not None:
@@ -73,20 +75,6 @@ def stop_everything(worker, servers) -> None:
             for server in reversed(servers):
                 server.stop()
             say("stopped every process the demo started")
-
-
-def release_results() -> None:
-    """Unsubscribe every sent task's result while Redis is still up.
-
-    Celery's Redis backend subscribes to each task it sends and unsubscribes when the
-    result object is collected; at interpreter exit Redis is gone and that prints noise.
-    """
-    from worker import app
-
-    for mapping in getattr(app.backend, "_pending_results", ()):
-        for waiters in list(mapping.values()):
-            for result in list(waiters.values()):
-                app.backend.remove_pending_result(result)
 
 
 def seed(pg_url: str) -> None:
