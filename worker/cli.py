@@ -44,7 +44,7 @@ def cli() -> None:
 @click.option(
     "--db-connection",
     metavar="URL",
-    help="postgresql://user:password@host:port/db instead of the configured database.",
+    help="A postgresql:// URL (user, password, host, port, db) to use instead of the configured database.",
 )
 @click.option("--force", is_flag=True, help="Send a new run even if this task id already has one.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the run to its end.")
