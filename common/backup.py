@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,8 @@ class TableBackup(TypedDict, total=False):
     file_size: str
     file_size_bytes: int
     backup_file: str
+    sha256: str
+    columns: list[list[str]]
     duration: float
     started_at: float
     error: str
@@ -55,7 +58,7 @@ def backup_file_name(table: str, timestamp: str) -> str:
 
 
 class _CountingWriter:
-    """The file psycopg2 copies into: it forwards bytes and counts CSV records.
+    """The file psycopg2 copies into: it forwards bytes, hashes them and counts CSV records.
 
     libpq hands COPY OUT data over one row per message and psycopg2 makes one `write`
     call per message, so calls minus the header are exact row counts, even for values
@@ -64,6 +67,8 @@ class _CountingWriter:
 
     def __init__(self, out: BinaryIO, every: int, report: Callable[[int, int], None]) -> None:
         self._write = out.write
+        self.sha256 = hashlib.sha256()
+        self._hash = self.sha256.update
         self._every = every
         self._report = report
         self.records = 0
@@ -71,6 +76,7 @@ class _CountingWriter:
 
     def write(self, data: bytes) -> None:
         self._write(data)
+        self._hash(data)
         self.records += 1
         self.bytes += len(data)
         rows = self.records - 1
@@ -85,6 +91,18 @@ def estimate_rows(conn: Connection, table: str) -> int | None:
         cur.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", (name,))
         row = cur.fetchone()
     return int(row[0]) if row and row[0] > 0 else None
+
+
+def table_columns(conn: Connection, table: str) -> list[list[str]]:
+    """[[name, type], ...] in column order, as the CSV header has them; [] if not a relation."""
+    name = table_identifier(table).as_string(conn)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (name,),
+        )
+        return [[column, kind] for column, kind in cur.fetchall()]
 
 
 def backup_table(
@@ -119,6 +137,7 @@ def backup_table(
 
     try:
         progress["total_estimate"] = estimate_rows(conn, table)
+        columns = table_columns(conn, table)
         progress["step"] = "creating the backup directory"
         directory.mkdir(parents=True, exist_ok=True)
         progress["step"] = "copying"
@@ -147,6 +166,8 @@ def backup_table(
         file_size=format_size(size),
         file_size_bytes=size,
         backup_file=final.name,
+        sha256=writer.sha256.hexdigest(),
+        columns=columns,
         duration=round(time.time() - started, 3),
         started_at=started,
     )

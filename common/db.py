@@ -136,3 +136,21 @@ def is_alive(conn: Connection) -> bool:
         return True
     except psycopg2.Error:
         return False
+
+
+def server_info(target: DatabaseTarget) -> dict[str, str | None]:
+    """PostgreSQL and pgvector versions, for a manifest; None values if unreachable."""
+    try:
+        conn = connect(target)
+    except DatabaseUnavailableError:
+        return {"server_version": None, "pgvector_version": None}
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT current_setting('server_version'), "
+                "(SELECT extversion FROM pg_extension WHERE extname = 'vector')"
+            )
+            server, pgvector = cur.fetchone()
+        return {"server_version": server, "pgvector_version": pgvector}
+    finally:
+        conn.close()

@@ -48,6 +48,10 @@ class RunFailedError(VectorBackupError):
         return self.message
 
 
+class VerifyError(VectorBackupError):
+    """A backup set does not match its manifest, or the manifest is unusable."""
+
+
 class BackupFailedError(RunFailedError):
     """At least one table of a backup set failed; nothing chained after it may run."""
 

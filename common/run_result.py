@@ -30,6 +30,7 @@ class VectorRunResult(TypedDict, total=False):
     truncate_results: dict[str, TableTruncate]
     errors: list[str]
     backup_directory: str
+    manifest: str
     duration: float
     started_at: float
     run_id: str

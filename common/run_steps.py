@@ -10,14 +10,16 @@ import time
 from common.backup import ProgressCallback, TableBackup, run_table_backup
 from common.backup_log import append_backup_block, append_truncate_block
 from common.config import Settings
-from common.db import connect
+from common.db import connect, server_info
 from common.exceptions import (
     BackupFailedError,
     RunFailedError,
     TruncateError,
     TruncateRefusedError,
     VectorBackupError,
+    VerifyError,
 )
+from common.manifest import verify_set, write_manifest
 from common.run_lock import RunLock
 from common.run_result import RunRequest, VectorRunResult, aggregate_backups, verified_row_counts
 from common.truncate import truncate_tables
@@ -57,6 +59,10 @@ def close_backup_set(
     directory = settings.backup_directory(request["task_id"])
     result = aggregate_backups(request, tables, directory, settings.database.identity)
     try:
+        if not result["errors"]:
+            server = server_info(settings.database)
+            manifest = write_manifest(directory, result, server, settings.vector.backup_temp_suffix)
+            result["manifest"] = manifest.name
         append_backup_block(directory, result)
         if result["errors"]:
             raise BackupFailedError("backup failed: " + "; ".join(result["errors"]), result)
@@ -81,6 +87,12 @@ def truncate_after_backup(
     preserved = [t for t in settings.vector.supported_tables if t not in settings.vector.truncate_tables]
     try:
         counts = verified_row_counts(backup_result, settings.vector.supported_tables, directory)
+        try:
+            verify_set(directory / str(backup_result.get("manifest") or "missing manifest"))
+        except VerifyError as exc:
+            raise TruncateRefusedError(
+                f"the backup set does not verify: {exc}; nothing was truncated"
+            ) from None
         if backup_result.get("database") != settings.database.identity:
             raise TruncateRefusedError(
                 f"the backup was taken from {backup_result.get('database')}, not from "

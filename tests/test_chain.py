@@ -57,7 +57,8 @@ def test_backup_then_truncate_empties_only_the_embedding_table(store, task_id, t
     assert count_rows(store.conn, "langchain_pg_embedding") == 0
     assert count_rows(store.conn, "langchain_pg_collection") == 1
     assert sorted(p.name for p in backup_dir.iterdir()) == sorted(
-        [i["backup_file"] for i in result["tables_backed_up"].values()] + ["vector_backup_log.txt"]
+        [i["backup_file"] for i in result["tables_backed_up"].values()]
+        + [f"manifest_{result['timestamp']}.json", "vector_backup_log.txt"]
     )
     log = log_text(task_root, task_id)
     assert log.startswith("=== Vector Table Backup Log ===\nBackup Time: ")

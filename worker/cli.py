@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import click
 from celery.exceptions import TimeoutError as CeleryTimeout
@@ -96,6 +97,28 @@ def run(
 def follow(run_id, timeout, as_json):
     """Show a run's live progress per table, then its summary."""
     sys.exit(follow_run(run_id, timeout, as_json))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def verify(path):
+    """Check a backup set against its manifest: sizes, sha256, CSV rows and headers.
+
+    PATH is a backup directory (its newest set) or one set's manifest_*.json.
+    Exit 0 only when every file holds.
+    """
+    from common.manifest import find_manifest, verify_set
+
+    try:
+        manifest = verify_set(path)
+    except VectorBackupError as exc:
+        click.echo(f"✗ {exc}")
+        sys.exit(1)
+    for table, entry in manifest["tables"].items():
+        click.echo(
+            f"✓ {table}: {entry['rows']:,} rows, {format_size(entry['bytes'])}, sha256 ok -> {entry['file']}"
+        )
+    click.echo(f"✓ {find_manifest(path).name} verifies")
 
 
 def follow_run(run_id: str, timeout: float, as_json: bool) -> int:
