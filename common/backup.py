@@ -17,10 +17,11 @@ from common.config import VectorTableManagement
 from common.db import (
     DatabaseTarget,
     connect,
+    end_transaction_quietly,
     first_line,
     is_alive,
-    rollback_quietly,
     table_error,
+    table_fingerprint,
     table_identifier,
 )
 from common.exceptions import BackupError, VectorBackupError
@@ -45,6 +46,7 @@ class TableBackup(TypedDict, total=False):
     backup_file: str
     sha256: str
     columns: list[list[str]]
+    fingerprint: str
     duration: float
     started_at: float
     error: str
@@ -112,8 +114,13 @@ def backup_table(
     timestamp: str,
     settings: VectorTableManagement,
     on_progress: ProgressCallback | None = None,
+    fingerprint: bool = False,
 ) -> TableBackup:
     """Write `table` to `directory/{table}_{timestamp}.csv` (CSV, header, UTF-8).
+
+    With `fingerprint`, the COPY and a content fingerprint of the table are taken in one
+    REPEATABLE READ transaction, so both describe the same snapshot; truncate compares
+    it with the table under its lock.
 
     Guarantees: the `.csv` exists only if every row was written, flushed and fsynced;
     the row count is exact; on any error the temp file is gone and a `BackupError`
@@ -141,21 +148,29 @@ def backup_table(
         progress["step"] = "creating the backup directory"
         directory.mkdir(parents=True, exist_ok=True)
         progress["step"] = "copying"
+        digest = None
         with atomic_output(final, settings.backup_temp_suffix) as out:
             writer = _CountingWriter(out, settings.progress_every, report)
             with conn.cursor() as cur:
+                if fingerprint:
+                    cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 cur.copy_expert(query, writer)
                 server_rows = cur.rowcount
             rows = writer.records - 1
             if server_rows >= 0 and server_rows != rows:
                 raise BackupError(f"{table}: server sent {server_rows} rows, {rows} were written")
+            if fingerprint:
+                progress["step"] = "fingerprinting"
+                digest = table_fingerprint(conn, table)
+                with conn.cursor() as cur:
+                    cur.execute("COMMIT")
             progress["step"] = "syncing and renaming"
         progress["step"] = "done"
         report(rows, writer.bytes, done=True)
     except VectorBackupError:
         raise
     except (psycopg2.Error, OSError) as exc:
-        rollback_quietly(conn)
+        end_transaction_quietly(conn)
         lost = not is_alive(conn)
         raise table_error(table, progress["step"], exc, connection_lost=lost) from exc
     size = final.stat().st_size
@@ -168,6 +183,7 @@ def backup_table(
         backup_file=final.name,
         sha256=writer.sha256.hexdigest(),
         columns=columns,
+        **({"fingerprint": digest} if digest else {}),
         duration=round(time.time() - started, 3),
         started_at=started,
     )
@@ -180,6 +196,7 @@ def run_table_backup(
     timestamp: str,
     settings: VectorTableManagement,
     on_progress: ProgressCallback | None = None,
+    fingerprint: bool = False,
 ) -> TableBackup:
     """Connect and back up one table; a failure becomes this table's failed result.
 
@@ -190,7 +207,7 @@ def run_table_backup(
     try:
         conn = connect(target)
         try:
-            return backup_table(conn, table, directory, timestamp, settings, on_progress)
+            return backup_table(conn, table, directory, timestamp, settings, on_progress, fingerprint)
         finally:
             conn.close()
     except VectorBackupError as exc:

@@ -126,6 +126,14 @@ def rollback_quietly(conn: Connection) -> None:
             conn.rollback()
 
 
+def end_transaction_quietly(conn: Connection) -> None:
+    """Roll back a driver-managed or a hand-begun transaction; nothing if the link is dead."""
+    rollback_quietly(conn)
+    if not conn.closed and conn.autocommit:
+        with contextlib.suppress(psycopg2.Error), conn.cursor() as cur:
+            cur.execute("ROLLBACK")
+
+
 def is_alive(conn: Connection) -> bool:
     """Whether the server still answers on `conn` (after any failed transaction is rolled back)."""
     if conn.closed:
@@ -154,3 +162,18 @@ def server_info(target: DatabaseTarget) -> dict[str, str | None]:
         return {"server_version": server, "pgvector_version": pgvector}
     finally:
         conn.close()
+
+
+def table_fingerprint(conn: Connection, table: str) -> str:
+    """An order-independent digest of every row ("rows:sum of 60-bit md5 prefixes").
+
+    Any insert, update or delete changes it (barring a 60-bit collision); equal contents
+    in any physical order give the same value.
+    """
+    query = sql.SQL(
+        "SELECT count(*)::text || ':' || "
+        "coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0)::text FROM {} AS t"
+    ).format(table_identifier(table))
+    with conn.cursor() as cur:
+        cur.execute(query)
+        return cur.fetchone()[0]

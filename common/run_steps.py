@@ -44,8 +44,9 @@ def back_up_table(
         if on_progress is not None:
             on_progress(progress)
 
+    fingerprint = request["truncate_requested"] and table in settings.vector.truncate_tables
     return run_table_backup(
-        settings.database, table, directory, request["timestamp"], settings.vector, report
+        settings.database, table, directory, request["timestamp"], settings.vector, report, fingerprint
     )
 
 
@@ -103,10 +104,22 @@ def truncate_after_backup(
                 f"this run no longer holds the lock on {settings.database.describe()} "
                 f"(now held by {lock.holder() or 'nobody'}); nothing was truncated"
             )
+        tables = backup_result["tables_backed_up"]
+        fingerprints = {t: tables[t].get("fingerprint") for t in settings.vector.truncate_tables}
+        unproven = [t for t, value in fingerprints.items() if not value]
+        if unproven:
+            raise TruncateRefusedError(
+                f"the backup of {', '.join(unproven)} was not taken for a truncate (no content "
+                "fingerprint); nothing was truncated"
+            )
         conn = connect(settings.database)
         try:
             result["truncate_results"] = truncate_tables(
-                conn, counts, settings.vector.truncate_tables, settings.vector.truncate_lock_timeout_s
+                conn,
+                counts,
+                settings.vector.truncate_tables,
+                settings.vector.truncate_lock_timeout_s,
+                fingerprints=fingerprints,
             )
         finally:
             conn.close()

@@ -11,7 +11,7 @@ import psycopg2.errors
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
-from common.db import first_line, rollback_quietly, table_identifier
+from common.db import first_line, rollback_quietly, table_fingerprint, table_identifier
 from common.exceptions import TruncateError, TruncateRefusedError
 
 
@@ -28,12 +28,15 @@ def truncate_tables(
     backed_up_rows: Mapping[str, int],
     tables: Sequence[str],
     lock_timeout_s: float = 30.0,
+    fingerprints: Mapping[str, str] | None = None,
 ) -> dict[str, TableTruncate]:
     """TRUNCATE `tables` in one transaction, or nothing at all.
 
     Under the ACCESS EXCLUSIVE lock TRUNCATE needs anyway, each table's row count must
     equal the rows its backup holds (`backed_up_rows`); otherwise rows written since the
-    backup would be lost, so the whole truncate is refused and rolled back.
+    backup would be lost, so the whole truncate is refused and rolled back. With
+    `fingerprints` (from `table_fingerprint` in the backup's snapshot) the table's content
+    must match too, which also catches updates and deletes balanced by inserts.
     Raises `TruncateRefusedError` or `TruncateError`; both leave every table as it was.
     """
     missing = [t for t in tables if t not in backed_up_rows]
@@ -55,6 +58,11 @@ def truncate_tables(
                     raise TruncateRefusedError(
                         f"{current} changed since its backup: the backup holds "
                         f"{backed_up_rows[current]} rows, the table now has {rows_before}; "
+                        "nothing was truncated, run the backup again"
+                    )
+                if fingerprints is not None and table_fingerprint(conn, current) != fingerprints.get(current):
+                    raise TruncateRefusedError(
+                        f"{current} changed since its backup: rows were inserted, updated or deleted; "
                         "nothing was truncated, run the backup again"
                     )
                 cur.execute(sql.SQL("TRUNCATE TABLE {}").format(ident))

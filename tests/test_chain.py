@@ -8,6 +8,7 @@ import time
 
 import pytest
 import redis
+from celery import chord
 
 from common.config import load_settings
 from common.exceptions import BackupFailedError, TruncateRefusedError
@@ -117,11 +118,13 @@ def test_one_table_failing_stops_the_chain_before_truncate(store, task_id, task_
 
 
 def backed_up(store, task_id, hold_lock=True):
-    """A real backup-only result; with `hold_lock`, its run holds the lock as a chain would."""
+    """The backup half of a real truncate run; its run keeps the lock, as before a truncate."""
     add_bulk_rows(store.conn, store.kind, store.collection_id, 300)
-    result = run(task_id, truncate=False).get(timeout=TIMEOUT)
-    if hold_lock:
-        assert run_lock(load_settings(), result["run_id"]).acquire()
+    workflow = build_vector_workflow(task_id, truncate=True)
+    backup_half = chord(workflow.tasks, workflow.body.tasks[0])
+    result = backup_half.apply_async().get(timeout=TIMEOUT)
+    if not hold_lock:
+        run_lock(load_settings(), result["run_id"]).release()
     return result
 
 
@@ -173,6 +176,29 @@ def test_truncate_refuses_when_its_run_does_not_hold_the_database_lock(store, ta
             truncate_vector_tables.delay(result).get(timeout=TIMEOUT)
     finally:
         other.release()
+    assert count_rows(store.conn, "langchain_pg_embedding") == 300
+
+
+def test_truncate_refuses_when_rows_changed_but_their_count_did_not(store, task_id):
+    result = backed_up(store, task_id)
+    with store.conn.cursor() as cur:
+        cur.execute(
+            "UPDATE langchain_pg_embedding SET document = 'edited after the backup' WHERE ctid = "
+            "(SELECT ctid FROM langchain_pg_embedding LIMIT 1)"
+        )
+
+    with pytest.raises(TruncateRefusedError, match="changed since its backup: rows were inserted, updated"):
+        truncate_vector_tables.delay(result).get(timeout=TIMEOUT)
+    assert count_rows(store.conn, "langchain_pg_embedding") == 300
+
+
+def test_truncate_refuses_a_backup_not_taken_for_a_truncate(store, task_id):
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 300)
+    result = run(task_id, truncate=False).get(timeout=TIMEOUT)
+    assert run_lock(load_settings(), result["run_id"]).acquire()
+
+    with pytest.raises(TruncateRefusedError, match="not taken for a truncate"):
+        truncate_vector_tables.delay(result).get(timeout=TIMEOUT)
     assert count_rows(store.conn, "langchain_pg_embedding") == 300
 
 
