@@ -24,6 +24,7 @@ from common.db import (
     table_fingerprint,
     table_identifier,
 )
+from common.ddl import table_ddl
 from common.exceptions import BackupError, VectorBackupError
 from common.sizes import format_size
 
@@ -46,6 +47,7 @@ class TableBackup(TypedDict, total=False):
     backup_file: str
     sha256: str
     columns: list[list[str]]
+    ddl: list[str]
     fingerprint: str
     duration: float
     started_at: float
@@ -145,6 +147,7 @@ def backup_table(
     try:
         progress["total_estimate"] = estimate_rows(conn, table)
         columns = table_columns(conn, table)
+        ddl = table_ddl(conn, table)
         progress["step"] = "creating the backup directory"
         directory.mkdir(parents=True, exist_ok=True)
         progress["step"] = "copying"
@@ -183,6 +186,7 @@ def backup_table(
         backup_file=final.name,
         sha256=writer.sha256.hexdigest(),
         columns=columns,
+        ddl=ddl,
         **({"fingerprint": digest} if digest else {}),
         duration=round(time.time() - started, 3),
         started_at=started,

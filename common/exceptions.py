@@ -52,6 +52,10 @@ class VerifyError(VectorBackupError):
     """A backup set does not match its manifest, or the manifest is unusable."""
 
 
+class RestoreError(VectorBackupError):
+    """A restore failed and was rolled back; the database is as it was."""
+
+
 class BackupFailedError(RunFailedError):
     """At least one table of a backup set failed; nothing chained after it may run."""
 

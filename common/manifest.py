@@ -45,6 +45,7 @@ def write_manifest(
                 "sha256": info["sha256"],
                 "duration": info["duration"],
                 "columns": info["columns"],
+                "ddl": info["ddl"],
             }
             for name, info in result["tables_backed_up"].items()
         },

@@ -121,6 +121,44 @@ def verify(path):
     click.echo(f"✓ {find_manifest(path).name} verifies")
 
 
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--db-connection", metavar="URL", help="Restore into this database instead of the configured one."
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["replace", "append"]),
+    default="replace",
+    show_default=True,
+    help="replace: the tables' rows are deleted first (same transaction); append: rows are added.",
+)
+def restore(path, db_connection, mode):
+    """Verify a backup set, then restore it with COPY FROM in one transaction.
+
+    PATH is a backup directory (its newest set) or one set's manifest_*.json. Missing
+    tables (and the vector extension) are created from the manifest.
+    """
+    from common.config import load_settings
+    from common.db import DatabaseTarget, connect
+    from common.restore import restore_set
+
+    try:
+        target = DatabaseTarget.from_url(db_connection) if db_connection else load_settings().database
+        conn = connect(target)
+        try:
+            done = restore_set(conn, path, mode)
+        finally:
+            conn.close()
+    except VectorBackupError as exc:
+        click.echo(f"✗ restore refused or failed, nothing was written: {exc}")
+        sys.exit(1)
+    for table, rows in done["tables"].items():
+        made = " (table created)" if table in done["created"] else ""
+        click.echo(f"✓ {table}: {rows:,} rows restored{made}")
+    click.echo(f"✓ {done['manifest']} restored into {target.describe()} ({mode}) in {done['duration']:.1f}s")
+
+
 def follow_run(run_id: str, timeout: float, as_json: bool) -> int:
     from tasks.pipeline import run_record, run_result
     from worker import app

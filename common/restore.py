@@ -1,0 +1,84 @@
+"""Restore a verified backup set with COPY FROM, all tables in one transaction."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TypedDict
+
+import psycopg2
+from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
+
+from common.db import first_line, rollback_quietly, table_identifier
+from common.exceptions import RestoreError
+from common.manifest import find_manifest, verify_set
+
+MODES = ("replace", "append")
+
+
+class RestoreResult(TypedDict):
+    manifest: str
+    mode: str
+    tables: dict[str, int]
+    created: list[str]
+    duration: float
+
+
+def restore_set(conn: Connection, path: Path, mode: str = "replace") -> RestoreResult:
+    """Verify the set at `path`, then restore its tables in manifest order (collection first).
+
+    Missing tables are created from the manifest's DDL, after `CREATE EXTENSION IF NOT
+    EXISTS vector`. `replace` deletes the tables' rows first (DELETE, inside the same
+    transaction); `append` adds to them. Either every table is restored or nothing is.
+    """
+    if mode not in MODES:
+        raise RestoreError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    started = time.time()
+    manifest_path = find_manifest(path)
+    manifest = verify_set(manifest_path)
+    tables = manifest["tables"]
+    restored: dict[str, int] = {}
+    created: list[str] = []
+    current = "the extension"
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            for current, entry in tables.items():
+                cur.execute("SELECT to_regclass(%s)", (table_identifier(current).as_string(conn),))
+                if cur.fetchone()[0] is None:
+                    for statement in entry.get("ddl") or []:
+                        cur.execute(statement)
+                    created.append(current)
+            if mode == "replace":
+                # Referencing tables first, so no foreign key objects to the order.
+                for current in reversed(tables):
+                    cur.execute(sql.SQL("DELETE FROM {}").format(table_identifier(current)))
+            for current, entry in tables.items():
+                columns = sql.SQL(", ").join(sql.Identifier(c[0]) for c in entry["columns"])
+                copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER, ENCODING 'UTF8')")
+                with open(manifest_path.parent / entry["file"], "rb") as data:
+                    cur.copy_expert(copy.format(table_identifier(current), columns), data)
+                if cur.rowcount != entry["rows"]:
+                    raise RestoreError(
+                        f"{current}: restored {cur.rowcount} rows, the manifest says {entry['rows']}"
+                    )
+                restored[current] = cur.rowcount
+        conn.commit()
+    except RestoreError:
+        rollback_quietly(conn)
+        raise
+    except (psycopg2.Error, OSError) as exc:
+        rollback_quietly(conn)
+        raise RestoreError(f"{current}: restore failed, nothing was restored: {first_line(exc)}") from exc
+    finally:
+        if not conn.closed:
+            conn.autocommit = True
+    return RestoreResult(
+        manifest=manifest_path.name,
+        mode=mode,
+        tables=restored,
+        created=created,
+        duration=round(time.time() - started, 3),
+    )

@@ -1,0 +1,102 @@
+"""Backup -> truncate -> restore round trips through the real chain and `python -m worker restore`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+
+from tasks.pipeline import enqueue_vector_management, run_record, run_result
+from worker.sample_store import add_awkward_rows, add_bulk_rows, count_rows, row_texts
+
+pytestmark = pytest.mark.usefixtures("celery_worker_session")
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 60
+
+
+def restore(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "restore", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def truncated(store, task_id):
+    """A store backed up and emptied by the real chain; returns (before, backup dir)."""
+    add_awkward_rows(store.conn, store.kind, store.collection_id)
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 2_000)
+    before = {t: row_texts(store.conn, t) for t in ("langchain_pg_collection", "langchain_pg_embedding")}
+    answer = enqueue_vector_management(task_id, truncate=True)
+    result = run_result(run_record(answer["run_id"])).get(timeout=TIMEOUT)
+    assert count_rows(store.conn, "langchain_pg_embedding") == 0
+    return before, Path(result["backup_directory"])
+
+
+def test_restore_brings_back_exactly_the_rows_that_were_truncated(store, truncated):
+    before, directory = truncated
+
+    done = restore(str(directory))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "✓ langchain_pg_embedding: 2,010 rows restored" in done.stdout
+    for table, rows in before.items():
+        assert row_texts(store.conn, table) == rows
+
+
+def test_restore_creates_missing_tables_and_indexes_in_an_empty_database(store, truncated, services, db):
+    before, directory = truncated
+    with db.cursor() as cur:
+        cur.execute("DROP DATABASE IF EXISTS vector_restore_target")
+        cur.execute("CREATE DATABASE vector_restore_target")
+    url = urlunsplit(urlsplit(services["VECTOR_DB_URL"])._replace(path="/vector_restore_target"))
+    try:
+        done = restore(str(directory), "--db-connection", url)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "(table created)" in done.stdout
+        target = psycopg2.connect(url)
+        try:
+            for table, rows in before.items():
+                assert row_texts(target, table) == rows
+            with target.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f'")
+                assert cur.fetchone()[0] == 1
+                if store.kind == "langchain_postgres":
+                    cur.execute("SELECT to_regclass('ix_cmetadata_gin')")
+                    assert cur.fetchone()[0] is not None
+        finally:
+            target.close()
+    finally:
+        with db.cursor() as cur:
+            cur.execute("DROP DATABASE vector_restore_target WITH (FORCE)")
+
+
+def test_a_corrupted_set_is_refused_and_nothing_is_written(store, truncated):
+    _, directory = truncated
+    csv_file = next(directory.glob("langchain_pg_embedding_*.csv"))
+    csv_file.write_bytes(csv_file.read_bytes()[:-40])
+
+    done = restore(str(directory))
+
+    assert done.returncode == 1 and "nothing was written" in done.stdout
+    assert count_rows(store.conn, "langchain_pg_embedding") == 0
+
+
+def test_append_over_existing_rows_fails_whole_and_changes_nothing(store, truncated):
+    _, directory = truncated
+    assert restore(str(directory)).returncode == 0
+
+    done = restore(str(directory), "--mode", "append")
+
+    assert done.returncode == 1 and "nothing was restored" in done.stdout
+    assert count_rows(store.conn, "langchain_pg_embedding") == 2_010
+    assert count_rows(store.conn, "langchain_pg_collection") == 1
