@@ -34,4 +34,4 @@ result_extended = True
 broker_connection_retry_on_startup = True
 
 timezone = os.environ.get("CELERY_TIMEZONE", "UTC")
-include = ["tasks.vector_backup"]
+include = ["tasks.vector_backup", "tasks.backup_sets"]

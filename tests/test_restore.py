@@ -11,6 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import pytest
 
+from common.exceptions import ConfigurationError
+from tasks.backup_sets import restore_backup_set, verify_backup_set
 from tasks.pipeline import enqueue_vector_management, run_record, run_result
 from worker.sample_store import add_awkward_rows, add_bulk_rows, count_rows, row_texts
 
@@ -100,3 +102,17 @@ def test_append_over_existing_rows_fails_whole_and_changes_nothing(store, trunca
     assert done.returncode == 1 and "nothing was restored" in done.stdout
     assert count_rows(store.conn, "langchain_pg_embedding") == 2_010
     assert count_rows(store.conn, "langchain_pg_collection") == 1
+
+
+def test_verify_and_restore_tasks_run_on_the_worker(store, truncated, task_root):
+    before, directory = truncated
+    relative = str(directory.relative_to(task_root))
+
+    manifest = verify_backup_set.delay(relative).get(timeout=TIMEOUT)
+    done = restore_backup_set.delay(relative).get(timeout=TIMEOUT)
+
+    assert manifest["tables"]["langchain_pg_embedding"]["rows"] == 2_010
+    assert done["tables"] == {"langchain_pg_collection": 1, "langchain_pg_embedding": 2_010}
+    assert row_texts(store.conn, "langchain_pg_embedding") == before["langchain_pg_embedding"]
+    with pytest.raises(ConfigurationError, match="outside the task root"):
+        restore_backup_set.delay("../../etc").get(timeout=TIMEOUT)

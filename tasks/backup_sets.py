@@ -1,0 +1,39 @@
+"""Celery tasks on existing backup sets: verify and restore, for workers that share the task root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from common.config import Settings, load_settings
+from common.db import connect
+from common.exceptions import ConfigurationError
+from common.manifest import verify_set
+from common.restore import RestoreResult, restore_set
+from worker import app
+
+
+def inside_task_root(settings: Settings, path: str) -> Path:
+    """`path` (absolute, or relative to the task root) if it stays inside the task root."""
+    root = settings.task_root.resolve()
+    resolved = (root / path).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ConfigurationError(f"{path} is outside the task root")
+    return resolved
+
+
+@app.task(name="vector.verify_backup_set")
+def verify_backup_set(path: str) -> dict[str, Any]:
+    """The verified manifest of the set at `path`; raises `VerifyError` otherwise."""
+    return verify_set(inside_task_root(load_settings(), path))
+
+
+@app.task(name="vector.restore_backup_set")
+def restore_backup_set(path: str, mode: str = "replace") -> RestoreResult:
+    """Verify, then restore the set at `path` into the worker's configured database."""
+    settings = load_settings()
+    conn = connect(settings.database)
+    try:
+        return restore_set(conn, inside_task_root(settings, path), mode)
+    finally:
+        conn.close()
