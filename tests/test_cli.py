@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.processes import worker_cli
 from worker.sample_store import add_bulk_rows, count_rows
 
 pytestmark = pytest.mark.usefixtures("celery_worker_session")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    return worker_cli(*args)
 
 
 def test_truncate_alone_turns_backup_on_and_prints_the_summary(store, task_id):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,22 +13,15 @@ from common.config import load_settings
 from common.exceptions import TruncateRefusedError
 from tasks.pipeline import enqueue_vector_management, run_record, run_result
 from tasks.vector_backup import run_lock, truncate_vector_tables
+from tests.processes import worker_cli
 from worker.sample_store import add_awkward_rows, add_bulk_rows, count_rows
 
 pytestmark = pytest.mark.usefixtures("celery_worker_session")
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60
 
 
 def verify(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", "verify", str(path)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return worker_cli("verify", str(path), timeout=60)
 
 
 @pytest.fixture

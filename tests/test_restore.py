@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,22 +12,15 @@ import pytest
 from common.exceptions import ConfigurationError
 from tasks.backup_sets import restore_backup_set, verify_backup_set
 from tasks.pipeline import enqueue_vector_management, run_record, run_result
+from tests.processes import worker_cli
 from worker.sample_store import add_awkward_rows, add_bulk_rows, count_rows, row_texts
 
 pytestmark = pytest.mark.usefixtures("celery_worker_session")
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60
 
 
 def restore(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", "restore", *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return worker_cli("restore", *args)
 
 
 @pytest.fixture
