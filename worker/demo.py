@@ -100,11 +100,14 @@ def run_chain(pg_url: str) -> None:
     say(f"running backup -> truncate for task {task_id}")
     workflow.apply_async()
     shown = ""
-    while not final.ready():
+    while True:
+        finished = final.ready()  # read before the tables, so the last line shows their end
         line = "   ".join(describe(r) for r in header)
         if line != shown:
             print(f"  {line}", flush=True)
             shown = line
+        if finished:
+            break
         time.sleep(0.2)
     result = final.result  # ready() already read it; get() would hold a pub/sub subscription
     if final.failed():
