@@ -285,3 +285,23 @@ def test_two_runs_on_one_database_never_overlap(store, task_id):
     (_, a_end), (b_start, _) = sorted(span(r) for r in results)
     assert a_end <= b_start, "the second run's backup started while the first still held the database"
     assert all(r["backup_performed"] for r in results)
+
+
+def test_an_unreachable_database_fails_the_run_cleanly_and_a_rerun_succeeds(
+    store, task_id, task_root, monkeypatch
+):
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 200)
+    monkeypatch.setenv("VECTOR_DB_URL", "postgresql://nobody:unused-secret@127.0.0.1:1/nowhere")
+
+    with pytest.raises(
+        BackupFailedError, match=r"cannot connect to nobody@127\.0\.0\.1:1/nowhere"
+    ) as failure:
+        run(task_id, truncate=True).get(timeout=TIMEOUT)
+    assert "unused-secret" not in str(failure.value.args)
+    assert not list((task_root / task_id / "vector_bak").glob("*.csv*"))
+    assert "Not performed (backup failed)" in log_text(task_root, task_id)
+
+    monkeypatch.undo()
+    result = run(task_id, truncate=True).get(timeout=TIMEOUT)
+    assert result["truncate_results"]["langchain_pg_embedding"]["rows_before"] == 200
+    assert count_rows(store.conn, "langchain_pg_embedding") == 0
