@@ -1,4 +1,4 @@
-"""Constant memory: a backup's peak RSS does not grow with the table."""
+"""Process-level limits: constant memory at any table size, and a full disk mid-copy."""
 
 from __future__ import annotations
 
@@ -55,3 +55,40 @@ def test_peak_memory_does_not_grow_with_table_size(db, tmp_path, services):
     # The big file is far larger than the allowed growth, so buffering it would fail this.
     assert big_bytes - small_bytes > 60 * 2**20
     assert growth < 20 * 2**20, f"peak RSS grew by {growth / 2**20:.1f} MiB"
+
+
+BACKUP_WITH_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from pathlib import Path
+import psycopg2
+from common.backup import run_table_backup
+from common.config import VectorTableManagement, load_settings
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+target = load_settings().database
+result = run_table_backup(target, sys.argv[1], Path(sys.argv[2]), "ts", VectorTableManagement())
+print(result.get("error", "no error"))
+"""
+
+
+def test_a_full_disk_mid_copy_is_a_clear_error_and_leaves_nothing(db, tmp_path, services):
+    with db.cursor() as cur:
+        cur.execute(
+            "DROP TABLE IF EXISTS full_disk; CREATE TABLE full_disk (id int, embedding vector(32));"
+            "INSERT INTO full_disk SELECT g, array_fill(g::real, ARRAY[32])::vector "
+            "FROM generate_series(1, 50000) g"
+        )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", BACKUP_WITH_FILE_SIZE_LIMIT, "full_disk", str(tmp_path)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        with db.cursor() as cur:
+            cur.execute("DROP TABLE full_disk")
+    assert "full_disk: file error while copying: [Errno 27] File too large" in out
+    assert list(tmp_path.iterdir()) == []
