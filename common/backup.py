@@ -24,7 +24,7 @@ from common.db import (
     table_fingerprint,
     table_identifier,
 )
-from common.ddl import table_ddl
+from common.ddl import table_definition
 from common.exceptions import BackupError, VectorBackupError
 from common.sizes import format_size
 
@@ -97,18 +97,6 @@ def estimate_rows(conn: Connection, table: str) -> int | None:
     return int(row[0]) if row and row[0] > 0 else None
 
 
-def table_columns(conn: Connection, table: str) -> list[list[str]]:
-    """[[name, type], ...] in column order, as the CSV header has them; [] if not a relation."""
-    name = table_identifier(table).as_string(conn)
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            (name,),
-        )
-        return [[column, kind] for column, kind in cur.fetchall()]
-
-
 def backup_table(
     conn: Connection,
     table: str,
@@ -146,8 +134,7 @@ def backup_table(
 
     try:
         progress["total_estimate"] = estimate_rows(conn, table)
-        columns = table_columns(conn, table)
-        ddl = table_ddl(conn, table)
+        columns, ddl = table_definition(conn, table)
         progress["step"] = "creating the backup directory"
         directory.mkdir(parents=True, exist_ok=True)
         progress["step"] = "copying"
