@@ -87,22 +87,13 @@ def truncate_after_backup(
     result = VectorRunResult(**backup_result)
     preserved = [t for t in settings.vector.supported_tables if t not in settings.vector.truncate_tables]
     try:
+        # Cheap checks first; reading every file for its sha256 comes last but one, and
+        # the lock is renewed right before the truncate that needs it.
         counts = verified_row_counts(backup_result, settings.vector.supported_tables, directory)
-        try:
-            verify_set(directory / str(backup_result.get("manifest") or "missing manifest"))
-        except VerifyError as exc:
-            raise TruncateRefusedError(
-                f"the backup set does not verify: {exc}; nothing was truncated"
-            ) from None
         if backup_result.get("database") != settings.database.identity:
             raise TruncateRefusedError(
                 f"the backup was taken from {backup_result.get('database')}, not from "
                 f"{settings.database.describe()}; nothing was truncated"
-            )
-        if lock is not None and not lock.renew():
-            raise TruncateRefusedError(
-                f"this run no longer holds the lock on {settings.database.describe()} "
-                f"(now held by {lock.holder() or 'nobody'}); nothing was truncated"
             )
         tables = backup_result["tables_backed_up"]
         fingerprints = {t: tables[t].get("fingerprint") for t in settings.vector.truncate_tables}
@@ -111,6 +102,17 @@ def truncate_after_backup(
             raise TruncateRefusedError(
                 f"the backup of {', '.join(unproven)} was not taken for a truncate (no content "
                 "fingerprint); nothing was truncated"
+            )
+        try:
+            verify_set(directory / str(backup_result.get("manifest") or "missing manifest"))
+        except VerifyError as exc:
+            raise TruncateRefusedError(
+                f"the backup set does not verify: {exc}; nothing was truncated"
+            ) from None
+        if lock is not None and not lock.renew():
+            raise TruncateRefusedError(
+                f"this run no longer holds the lock on {settings.database.describe()} "
+                f"(now held by {lock.holder() or 'nobody'}); nothing was truncated"
             )
         conn = connect(settings.database)
         try:

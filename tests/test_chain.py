@@ -8,12 +8,12 @@ import time
 
 import pytest
 import redis
-from celery import chord
 
 from common.config import load_settings
 from common.exceptions import BackupFailedError, TruncateRefusedError
 from tasks.vector_backup import backup_table, build_vector_workflow, run_lock, truncate_vector_tables
 from tests.conftest import FAKE_PASSWORD
+from tests.runs import backup_half_of_truncate_run
 from worker.sample_store import add_awkward_rows, add_bulk_rows, count_rows
 
 pytestmark = pytest.mark.usefixtures("celery_worker_session")
@@ -120,9 +120,7 @@ def test_one_table_failing_stops_the_chain_before_truncate(store, task_id, task_
 def backed_up(store, task_id, hold_lock=True):
     """The backup half of a real truncate run; its run keeps the lock, as before a truncate."""
     add_bulk_rows(store.conn, store.kind, store.collection_id, 300)
-    workflow = build_vector_workflow(task_id, truncate=True)
-    backup_half = chord(workflow.tasks, workflow.body.tasks[0])
-    result = backup_half.apply_async().get(timeout=TIMEOUT)
+    result = backup_half_of_truncate_run(task_id)
     if not hold_lock:
         run_lock(load_settings(), result["run_id"]).release()
     return result

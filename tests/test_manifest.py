@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from common.config import load_settings
 from common.exceptions import TruncateRefusedError
 from tasks.pipeline import enqueue_vector_management, run_record, run_result
-from tasks.vector_backup import run_lock, truncate_vector_tables
+from tasks.vector_backup import truncate_vector_tables
 from tests.processes import worker_cli
+from tests.runs import backup_half_of_truncate_run
 from worker.sample_store import add_awkward_rows, add_bulk_rows, count_rows
 
 pytestmark = pytest.mark.usefixtures("celery_worker_session")
@@ -61,15 +61,16 @@ def flip_last_byte(file: Path) -> None:
     file.write_bytes(bytes(data))
 
 
-def test_a_same_size_corruption_fails_verify_and_blocks_truncate(backup_set, store):
-    result, directory = backup_set
+def test_a_same_size_corruption_fails_verify_and_blocks_truncate(store, task_id):
+    add_awkward_rows(store.conn, store.kind, store.collection_id)
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 500)
+    result = backup_half_of_truncate_run(task_id)
+    directory = Path(result["backup_directory"])
     flip_last_byte(directory / result["tables_backed_up"]["langchain_pg_embedding"]["backup_file"])
 
     done = verify(directory)
     assert done.returncode == 1 and "does not match its sha256" in done.stdout
 
-    lock = run_lock(load_settings(), result["run_id"])
-    assert lock.acquire()
     with pytest.raises(TruncateRefusedError, match=r"does not verify: .*sha256"):
         truncate_vector_tables.delay(result).get(timeout=TIMEOUT)
     assert count_rows(store.conn, "langchain_pg_embedding") == 510
