@@ -20,6 +20,12 @@ from common.sizes import format_size
 
 console = Console(stderr=True)
 
+# Options shared by `run` and `follow`.
+timeout_option = click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait.")
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print {'vector_management_stats': ...} as JSON."
+)
+
 
 @click.group()
 def cli() -> None:
@@ -49,8 +55,8 @@ def cli() -> None:
 )
 @click.option("--force", is_flag=True, help="Send a new run even if this task id already has one.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the run to its end.")
-@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait with --wait.")
-@click.option("--json", "as_json", is_flag=True, help="Print {'vector_management_stats': ...} as JSON.")
+@timeout_option
+@json_option
 def run(
     task_id,
     backup_vector_tables,
@@ -92,8 +98,8 @@ def run(
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait.")
-@click.option("--json", "as_json", is_flag=True, help="Print {'vector_management_stats': ...} as JSON.")
+@timeout_option
+@json_option
 def follow(run_id, timeout, as_json):
     """Show a run's live progress per table, then its summary."""
     sys.exit(follow_run(run_id, timeout, as_json))
@@ -110,7 +116,8 @@ def verify(path):
     from common.manifest import find_manifest, verify_set
 
     try:
-        manifest = verify_set(path)
+        manifest_path = find_manifest(path)
+        manifest = verify_set(manifest_path)
     except VectorBackupError as exc:
         click.echo(f"✗ {exc}")
         sys.exit(1)
@@ -118,7 +125,7 @@ def verify(path):
         click.echo(
             f"✓ {table}: {entry['rows']:,} rows, {format_size(entry['bytes'])}, sha256 ok -> {entry['file']}"
         )
-    click.echo(f"✓ {find_manifest(path).name} verifies")
+    click.echo(f"✓ {manifest_path.name} verifies")
 
 
 @cli.command()
