@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 
-.PHONY: venv lint format test demo worker clean
+.PHONY: venv lint format test demo bench worker clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: lint
 
 demo: venv
 	$(BIN)/python -m worker.demo
+
+# BENCH_ARGS="--workload wide" or "--rows 5000000 --dim 16" for other sizes.
+bench: venv
+	$(BIN)/python -m bench.vector_bench $(BENCH_ARGS)
 
 worker: venv
 	$(BIN)/celery -A worker worker -l info -E

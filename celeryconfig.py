@@ -29,9 +29,45 @@ _visibility_timeout = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", 12 * 3600)
 broker_transport_options = {"visibility_timeout": _visibility_timeout}
 result_backend_transport_options = {"visibility_timeout": _visibility_timeout}
 
+# A Redis restart mid-run must not fail the tasks that report progress or store
+# results meanwhile: retry those writes with backoff for a few minutes.
+result_backend_always_retry = True
+result_backend_max_retries = 30
+
 result_expires = int(os.environ.get("CELERY_RESULT_EXPIRES", 7 * 24 * 3600))
 result_extended = True
 broker_connection_retry_on_startup = True
 
 timezone = os.environ.get("CELERY_TIMEZONE", "UTC")
-include = ["tasks.vector_backup", "tasks.backup_sets"]
+include = ["tasks.vector_backup", "tasks.backup_sets", "tasks.scheduled"]
+
+
+def _schedule(value: str):
+    """A 5-field cron string, or a number of seconds (tests use seconds)."""
+    from celery.schedules import crontab
+
+    try:
+        return float(value)
+    except ValueError:
+        return crontab.from_string(value)
+
+
+def _beat_schedule() -> dict:
+    from common.config import load_schedules
+
+    schedules = load_schedules()
+    return {
+        "nightly-vector-backup": {
+            "task": "vector.nightly_backup",
+            "schedule": _schedule(schedules.backup),
+            "options": {"expires": 3600},  # a backup missed by an hour is skipped, not piled up
+        },
+        "vector-backup-retention": {
+            "task": "vector.apply_retention",
+            "schedule": _schedule(schedules.retention),
+            "options": {"expires": 3600},
+        },
+    }
+
+
+beat_schedule = _beat_schedule()

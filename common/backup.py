@@ -10,13 +10,19 @@ from typing import BinaryIO, TypedDict
 
 import psycopg2
 from psycopg2 import sql
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from psycopg2.extensions import connection as Connection
 
 from common.atomic import atomic_output
+from common.compression import compressing
+from common.compression import suffix as compression_suffix
 from common.config import VectorTableManagement
+from common.consistency import link_column, snapshot_collection_ids
 from common.db import (
     DatabaseTarget,
+    begin_snapshot,
     connect,
+    end_snapshot,
     end_transaction_quietly,
     first_line,
     is_alive,
@@ -46,9 +52,13 @@ class TableBackup(TypedDict, total=False):
     file_size_bytes: int
     backup_file: str
     sha256: str
+    csv_sha256: str
+    csv_bytes: int
     columns: list[list[str]]
     ddl: list[str]
     fingerprint: str
+    collection_ids: list[str]
+    retaken: bool
     duration: float
     started_at: float
     error: str
@@ -57,8 +67,8 @@ class TableBackup(TypedDict, total=False):
 ProgressCallback = Callable[[TableProgress], None]
 
 
-def backup_file_name(table: str, timestamp: str) -> str:
-    return f"{table}_{timestamp}.csv"
+def backup_file_name(table: str, timestamp: str, compression: str = "none") -> str:
+    return f"{table}_{timestamp}.csv{compression_suffix(compression)}"
 
 
 class _CountingWriter:
@@ -77,24 +87,35 @@ class _CountingWriter:
         self._report = report
         self.records = 0
         self.bytes = 0
+        self._next_report = every + 1  # records count the header
 
     def write(self, data: bytes) -> None:
+        # Called once per row: kept to the minimum (no modulo, no subtraction).
         self._write(data)
         self._hash(data)
         self.records += 1
         self.bytes += len(data)
-        rows = self.records - 1
-        if rows and rows % self._every == 0:
-            self._report(rows, self.bytes)
+        if self.records == self._next_report:
+            self._next_report += self._every
+            self._report(self.records - 1, self.bytes)
 
 
-def estimate_rows(conn: Connection, table: str) -> int | None:
-    """The planner's row estimate, or None when the table was never analyzed or is missing."""
-    name = table_identifier(table).as_string(conn)
+def plan_copy(conn: Connection, table: str) -> tuple[sql.Composed, int | None]:
+    """The COPY to run and the planner's row estimate (None if never analyzed or missing).
+
+    `COPY table TO STDOUT` for a plain table (what pg_dump runs, faster than a query's
+    executor path for wide rows); `COPY (SELECT * ...)` for views and partitioned tables.
+    """
+    name = table_identifier(table)
     with conn.cursor() as cur:
-        cur.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", (name,))
+        cur.execute(
+            "SELECT relkind, reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)",
+            (name.as_string(conn),),
+        )
         row = cur.fetchone()
-    return int(row[0]) if row and row[0] > 0 else None
+    source = name if row and row[0] == "r" else sql.SQL("(SELECT * FROM {})").format(name)
+    query = sql.SQL("COPY {} TO STDOUT WITH (FORMAT csv, HEADER, ENCODING 'UTF8')").format(source)
+    return query, (int(row[1]) if row and row[1] > 0 else None)
 
 
 def backup_table(
@@ -105,21 +126,21 @@ def backup_table(
     settings: VectorTableManagement,
     on_progress: ProgressCallback | None = None,
     fingerprint: bool = False,
+    replace: bool = False,
 ) -> TableBackup:
     """Write `table` to `directory/{table}_{timestamp}.csv` (CSV, header, UTF-8).
 
-    With `fingerprint`, the COPY and a content fingerprint of the table are taken in one
-    REPEATABLE READ transaction, so both describe the same snapshot; truncate compares
-    it with the table under its lock.
+    The COPY and what is read beside it come from one REPEATABLE READ snapshot: the
+    collection ids the table holds or references (for the set's consistency check) and,
+    with `fingerprint`, a content fingerprint that truncate compares with the table
+    under its lock. `replace` lets a re-take supersede this set's own earlier file.
 
     Guarantees: the `.csv` exists only if every row was written, flushed and fsynced;
     the row count is exact; on any error the temp file is gone and a `BackupError`
     names the table and the step that failed.
     """
     started = time.time()
-    query = sql.SQL("COPY (SELECT * FROM {}) TO STDOUT WITH (FORMAT csv, HEADER, ENCODING 'UTF8')")
-    query = query.format(table_identifier(table))
-    final = directory / backup_file_name(table, timestamp)
+    final = directory / backup_file_name(table, timestamp, settings.compression)
     # The step is kept current so an error, like the progress meta, says where it happened.
     progress = TableProgress(
         table=table, step="estimating rows", rows=0, total_estimate=None, bytes=0, percent=None
@@ -132,32 +153,44 @@ def backup_table(
         if on_progress is not None:
             on_progress(dict(progress))
 
+    if not conn.autocommit and conn.get_transaction_status() != TRANSACTION_STATUS_IDLE:
+        raise BackupError(
+            f"{table}: the connection is inside a transaction; commit it first or use autocommit"
+        )
     try:
-        progress["total_estimate"] = estimate_rows(conn, table)
+        # The columns, the DDL, the rows and what is read beside them: one snapshot.
+        begin_snapshot(conn)
+        query, progress["total_estimate"] = plan_copy(conn, table)
         columns, ddl = table_definition(conn, table)
         progress["step"] = "creating the backup directory"
         directory.mkdir(parents=True, exist_ok=True)
         progress["step"] = "copying"
         digest = None
-        with atomic_output(final, settings.backup_temp_suffix) as out:
-            writer = _CountingWriter(out, settings.progress_every, report)
+        link = link_column(table, (c[0] for c in columns))
+        collection_ids = None
+        with (
+            atomic_output(final, settings.backup_temp_suffix, replace=replace) as out,
+            compressing(out, settings.compression) as (sink, file_sha256),
+        ):
+            writer = _CountingWriter(sink, settings.progress_every, report)
             with conn.cursor() as cur:
-                if fingerprint:
-                    cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 cur.copy_expert(query, writer)
                 server_rows = cur.rowcount
             rows = writer.records - 1
             if server_rows >= 0 and server_rows != rows:
                 raise BackupError(f"{table}: server sent {server_rows} rows, {rows} were written")
+            if link:
+                progress["step"] = "reading collection ids"
+                collection_ids = snapshot_collection_ids(conn, table, link, ddl)
             if fingerprint:
                 progress["step"] = "fingerprinting"
                 digest = table_fingerprint(conn, table)
-                with conn.cursor() as cur:
-                    cur.execute("COMMIT")
+            end_snapshot(conn)
             progress["step"] = "syncing and renaming"
         progress["step"] = "done"
         report(rows, writer.bytes, done=True)
     except VectorBackupError:
+        end_transaction_quietly(conn)
         raise
     except (psycopg2.Error, OSError) as exc:
         end_transaction_quietly(conn)
@@ -171,10 +204,16 @@ def backup_table(
         file_size=format_size(size),
         file_size_bytes=size,
         backup_file=final.name,
-        sha256=writer.sha256.hexdigest(),
+        sha256=(file_sha256 or writer.sha256).hexdigest(),
+        **(
+            {"csv_sha256": writer.sha256.hexdigest(), "csv_bytes": writer.bytes}
+            if settings.compression != "none"
+            else {}
+        ),
         columns=columns,
         ddl=ddl,
         **({"fingerprint": digest} if digest else {}),
+        **({"collection_ids": collection_ids} if collection_ids is not None else {}),
         duration=round(time.time() - started, 3),
         started_at=started,
     )
@@ -188,6 +227,7 @@ def run_table_backup(
     settings: VectorTableManagement,
     on_progress: ProgressCallback | None = None,
     fingerprint: bool = False,
+    replace: bool = False,
 ) -> TableBackup:
     """Connect and back up one table; a failure becomes this table's failed result.
 
@@ -198,7 +238,9 @@ def run_table_backup(
     try:
         conn = connect(target)
         try:
-            return backup_table(conn, table, directory, timestamp, settings, on_progress, fingerprint)
+            return backup_table(
+                conn, table, directory, timestamp, settings, on_progress, fingerprint, replace
+            )
         finally:
             conn.close()
     except VectorBackupError as exc:

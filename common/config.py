@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.compression import check as check_compression
 from common.db import DatabaseTarget
 from common.exceptions import ConfigurationError
 
@@ -32,8 +33,10 @@ class VectorTableManagement:
     backup_temp_suffix: str = ".tmp"
     progress_every: int = 50_000
     truncate_lock_timeout_s: float = 30.0
+    compression: str = "none"
 
     def __post_init__(self) -> None:
+        check_compression(self.compression)
         if not self.supported_tables:
             raise ConfigurationError("VECTOR_SUPPORTED_TABLES must name at least one table")
         unknown = [t for t in self.truncate_tables if t not in self.supported_tables]
@@ -142,6 +145,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         truncate_lock_timeout_s=float(
             _number(env, "VECTOR_TRUNCATE_LOCK_TIMEOUT", defaults.truncate_lock_timeout_s, float)
         ),
+        compression=env.get("VECTOR_BACKUP_COMPRESSION", defaults.compression),
     )
     runs = RunControl(
         redis_url=env.get("VECTOR_LOCK_REDIS_URL") or env.get("CELERY_BROKER_URL", RunControl.redis_url),
@@ -158,3 +162,52 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         vector=vector,
         runs=runs,
     )
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """The HTTP API's own settings (`python -m worker api`)."""
+
+    wait_s: float = 60.0
+    allowed_db_hosts: tuple[str, ...] = ()
+    token: str | None = field(default=None, repr=False)
+    max_body_bytes: int = 64 * 1024
+
+
+def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
+    """`VECTOR_API_WAIT`, `VECTOR_API_DB_HOSTS` (default: the configured database's host)
+    and `API_TOKEN`."""
+    env = os.environ if env is None else env
+    hosts = _tables(env, "VECTOR_API_DB_HOSTS", (database_from_env(env).host,))
+    wait_s = float(_number(env, "VECTOR_API_WAIT", ApiSettings.wait_s, float))
+    if wait_s < 0:
+        raise ConfigurationError("VECTOR_API_WAIT must be zero or a positive number of seconds")
+    return ApiSettings(wait_s=wait_s, allowed_db_hosts=hosts, token=env.get("API_TOKEN") or None)
+
+
+@dataclass(frozen=True)
+class Schedules:
+    """celery beat: the nightly backup (never a truncate) and the retention cleanup.
+
+    A schedule is a 5-field cron string in `CELERY_TIMEZONE`, or a number of seconds.
+    """
+
+    backup: str = "0 2 * * *"
+    retention: str = "30 3 * * *"
+    keep: int = 7
+    max_age_days: float = 0.0
+
+
+def load_schedules(env: Mapping[str, str] | None = None) -> Schedules:
+    """`VECTOR_BACKUP_SCHEDULE`, `VECTOR_RETENTION_SCHEDULE`, `VECTOR_RETENTION_KEEP`,
+    `VECTOR_RETENTION_DAYS`."""
+    env = os.environ if env is None else env
+    schedules = Schedules(
+        backup=env.get("VECTOR_BACKUP_SCHEDULE") or Schedules.backup,
+        retention=env.get("VECTOR_RETENTION_SCHEDULE") or Schedules.retention,
+        keep=int(_number(env, "VECTOR_RETENTION_KEEP", Schedules.keep)),
+        max_age_days=float(_number(env, "VECTOR_RETENTION_DAYS", Schedules.max_age_days, float)),
+    )
+    if schedules.keep < 0 or schedules.max_age_days < 0:
+        raise ConfigurationError("VECTOR_RETENTION_KEEP and VECTOR_RETENTION_DAYS must not be negative")
+    return schedules

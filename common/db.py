@@ -126,6 +126,23 @@ def rollback_quietly(conn: Connection) -> None:
             conn.rollback()
 
 
+def begin_snapshot(conn: Connection) -> None:
+    """Start one REPEATABLE READ, READ ONLY transaction; a non-autocommit `conn` must be idle."""
+    with conn.cursor() as cur:
+        if conn.autocommit:
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        else:  # psycopg2 sends BEGIN itself; this must be the transaction's first statement
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+
+def end_snapshot(conn: Connection) -> None:
+    if conn.autocommit:
+        with conn.cursor() as cur:
+            cur.execute("COMMIT")
+    else:
+        conn.commit()
+
+
 def end_transaction_quietly(conn: Connection) -> None:
     """Roll back a driver-managed or a hand-begun transaction; nothing if the link is dead."""
     rollback_quietly(conn)

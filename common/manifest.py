@@ -13,7 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import zstandard
+
 from common.atomic import atomic_output
+from common.compression import of_file, open_text
+from common.consistency import COLLECTION_TABLE, link_column, missing_collections
 from common.exceptions import VerifyError
 from common.run_result import VectorRunResult
 
@@ -21,8 +25,17 @@ FORMAT_VERSION = 1
 READ_CHUNK = 1 << 20
 
 
+MANIFEST_PREFIX, MANIFEST_SUFFIX = "manifest_", ".json"
+MANIFEST_GLOB = f"{MANIFEST_PREFIX}*{MANIFEST_SUFFIX}"
+
+
 def manifest_name(timestamp: str) -> str:
-    return f"manifest_{timestamp}.json"
+    return f"{MANIFEST_PREFIX}{timestamp}{MANIFEST_SUFFIX}"
+
+
+def manifest_timestamp(path: Path) -> str:
+    """The set's timestamp, from its manifest's name."""
+    return path.name[len(MANIFEST_PREFIX) : -len(MANIFEST_SUFFIX)]
 
 
 def write_manifest(
@@ -43,6 +56,8 @@ def write_manifest(
                 "rows": info["row_count"],
                 "bytes": info["file_size_bytes"],
                 "sha256": info["sha256"],
+                "compression": of_file(info["backup_file"]),
+                **{k: info[k] for k in ("csv_bytes", "csv_sha256") if k in info},
                 "duration": info["duration"],
                 "columns": info["columns"],
                 "ddl": info["ddl"],
@@ -59,9 +74,9 @@ def write_manifest(
 def find_manifest(path: Path) -> Path:
     """`path` itself if it is a manifest; for a directory, its newest set's manifest."""
     if path.is_dir():
-        manifests = sorted(path.glob("manifest_*.json"))
+        manifests = sorted(path.glob(MANIFEST_GLOB))
         if not manifests:
-            raise VerifyError(f"{path}: no manifest_*.json in this directory")
+            raise VerifyError(f"{path}: no {MANIFEST_GLOB} in this directory")
         return manifests[-1]
     if not path.is_file():
         raise VerifyError(f"{path}: no such file or directory")
@@ -80,26 +95,46 @@ def load_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_set(path: Path) -> dict[str, Any]:
-    """Re-check every file of a set: size, sha256, CSV row count and header.
+def verify_set(path: Path, deep: bool = True) -> dict[str, Any]:
+    """Re-check every file of a set: size, sha256, CSV row count and header, and that
+    every collection id the embedding file references is in the collection file.
+
+    `deep=False` (truncate, restore) parses a file's rows only when its sha256 does not
+    match, to say what is wrong: a matching sha256 proves the bytes are those whose
+    rows were counted, and whose link was checked, when the set was written. Restore
+    also compares each COPY's row count with the manifest. `deep=True` (the `verify`
+    command and task) parses every file regardless, which also catches a manifest forged
+    to match altered files.
 
     Returns the manifest; raises `VerifyError` listing every problem found.
     """
     manifest_path = find_manifest(path)
     manifest = load_manifest(manifest_path)
     problems = []
+    ids = {}
     for table, entry in manifest["tables"].items():
-        problems += [f"{table}: {p}" for p in _check_file(manifest_path.parent, entry)]
+        file_problems, ids[table] = _check_file(manifest_path.parent, table, entry, deep)
+        problems += [f"{table}: {p}" for p in file_problems]
+    if not problems:
+        missing = missing_collections({t: {"collection_ids": v} for t, v in ids.items() if v is not None})
+        if missing:
+            problems.append(
+                f"{len(missing)} collection id(s) referenced by embeddings are not in the "
+                f"{COLLECTION_TABLE} file (e.g. {missing[0]})"
+            )
     if problems:
         raise VerifyError(f"{manifest_path.name}: " + "; ".join(problems))
     return manifest
 
 
-def _check_file(directory: Path, entry: dict[str, Any]) -> list[str]:
+def _check_file(
+    directory: Path, table: str, entry: dict[str, Any], deep: bool = True
+) -> tuple[list[str], set[str] | None]:
+    """The file's problems, and the collection ids it holds or references (None: no such column)."""
     name = str(entry.get("file", ""))
     file = directory / name
     if not name or Path(name).name != name or not file.is_file():
-        return [f"file {name!r} is missing"]
+        return [f"file {name!r} is missing"], None
     problems = []
     size = file.stat().st_size
     if size != entry.get("bytes"):
@@ -110,19 +145,41 @@ def _check_file(directory: Path, entry: dict[str, Any]) -> list[str]:
             digest.update(chunk)
     if digest.hexdigest() != entry.get("sha256"):
         problems.append(f"{name} does not match its sha256")
+    columns = [c[0] for c in entry.get("columns", [])]
+    if not problems and not deep:
+        return (
+            [] if _csv_header(file) == columns else [f"{name} header does not match the manifest's columns"]
+        ), None
+    link = link_column(table, columns)
     try:
-        header, rows = _csv_shape(file)
-    except (csv.Error, UnicodeDecodeError) as exc:
-        return [*problems, f"{name} is not valid UTF-8 CSV: {exc}"]
-    if header != [c[0] for c in entry.get("columns", [])]:
+        header, rows, ids = _csv_shape(file, columns.index(link) if link else None)
+    except (csv.Error, UnicodeDecodeError, OSError, EOFError, zstandard.ZstdError) as exc:
+        return [*problems, f"{name} is not valid UTF-8 CSV: {exc}"], None
+    if header != columns:
         problems.append(f"{name} header {header} does not match the manifest's columns")
     if rows != entry.get("rows"):
         problems.append(f"{name} holds {rows} rows, the manifest says {entry.get('rows')}")
-    return problems
+    return problems, ids
 
 
-def _csv_shape(file: Path) -> tuple[list[str], int]:
-    with open(file, encoding="utf-8", newline="") as f:
+def _csv_header(file: Path) -> list[str]:
+    try:
+        with open_text(file) as f:
+            return next(csv.reader(f), [])
+    except (csv.Error, UnicodeDecodeError, OSError, EOFError, zstandard.ZstdError):
+        return []
+
+
+def _csv_shape(file: Path, id_column: int | None) -> tuple[list[str], int, set[str] | None]:
+    """Header, row count and, for `id_column`, its distinct non-empty values (CSV NULL is empty)."""
+    with open_text(file) as f:
         reader = csv.reader(f)
         header = next(reader, [])
-        return header, sum(1 for _ in reader)
+        if id_column is None:
+            return header, sum(1 for _ in reader), None
+        ids, rows = set(), 0
+        for row in reader:
+            rows += 1
+            if id_column < len(row) and row[id_column]:
+                ids.add(row[id_column])
+        return header, rows, ids

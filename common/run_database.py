@@ -37,3 +37,8 @@ def settings_for_run(settings: Settings, client: redis.Redis, run_id: str, exter
             f"the database given for run {run_id} is no longer known (expired); nothing was done"
         )
     return dataclasses.replace(settings, database=DatabaseTarget.from_url(url.decode()))
+
+
+def forget_run_database(client: redis.Redis, run_id: str) -> None:
+    """Drop the run's URL once its last step has run: it is not kept longer than needed."""
+    client.delete(_key(run_id))

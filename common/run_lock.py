@@ -29,11 +29,12 @@ class RunLock:
         return self.renew()
 
     def renew(self) -> bool:
-        """Reset the expiry if this run still holds the lock; False if it does not."""
+        """Reset the expiry if this run still holds the lock; False if it does not, or if
+        Redis cannot say so right now (a backup goes on; truncate refuses)."""
         self._lock.local.token = self.run_id.encode()
         try:
             self._lock.reacquire()
-        except LockError:
+        except (LockError, redis.ConnectionError, redis.TimeoutError):
             return False
         return True
 

@@ -6,10 +6,12 @@ The Celery tasks call exactly these; so can any other orchestrator or a test.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-from common.backup import ProgressCallback, TableBackup, run_table_backup
+from common.backup import ProgressCallback, TableBackup, backup_table, run_table_backup
 from common.backup_log import append_backup_block, append_truncate_block
 from common.config import Settings
+from common.consistency import COLLECTION_TABLE, missing_collections
 from common.db import connect, server_info
 from common.exceptions import (
     BackupFailedError,
@@ -19,7 +21,7 @@ from common.exceptions import (
     VectorBackupError,
     VerifyError,
 )
-from common.manifest import verify_set, write_manifest
+from common.manifest import manifest_name, verify_set, write_manifest
 from common.run_lock import RunLock
 from common.run_result import RunRequest, VectorRunResult, aggregate_backups, verified_row_counts
 from common.truncate import truncate_tables
@@ -45,8 +47,20 @@ def back_up_table(
             on_progress(progress)
 
     fingerprint = request["truncate_requested"] and table in settings.vector.truncate_tables
+    # The run reserved its timestamp in this directory, so a file already bearing it was
+    # written by an earlier attempt of this very task: one killed after its rename but
+    # before its ack, and redelivered. Until the set has a manifest, that file is only a
+    # leftover and the new attempt replaces it; a complete set is never overwritten.
+    unfinished = not (directory / manifest_name(request["timestamp"])).exists()
     return run_table_backup(
-        settings.database, table, directory, request["timestamp"], settings.vector, report, fingerprint
+        settings.database,
+        table,
+        directory,
+        request["timestamp"],
+        settings.vector,
+        report,
+        fingerprint,
+        replace=unfinished,
     )
 
 
@@ -61,6 +75,10 @@ def close_backup_set(
     result = aggregate_backups(request, tables, directory, settings.database.identity)
     try:
         if not result["errors"]:
+            _make_consistent(settings, result, lock)
+        for info in result["tables_backed_up"].values():
+            info.pop("collection_ids", None)  # checked; too long to carry in every result
+        if not result["errors"]:
             server = server_info(settings.database)
             manifest = write_manifest(directory, result, server, settings.vector.backup_temp_suffix)
             result["manifest"] = manifest.name
@@ -71,6 +89,48 @@ def close_backup_set(
         if lock is not None and (result["errors"] or not request["truncate_requested"]):
             lock.release()
     return result
+
+
+def _make_consistent(settings: Settings, result: VectorRunResult, lock: RunLock | None) -> None:
+    """Re-take the collection backup once if embeddings reference collections it lacks;
+    record an error if that cannot close the gap (see `common.consistency`)."""
+    tables = result["tables_backed_up"]
+    missing = missing_collections(tables)
+    if missing:
+        if lock is not None:
+            lock.renew()
+        try:
+            conn = connect(settings.database)
+            try:
+                retaken = backup_table(
+                    conn,
+                    COLLECTION_TABLE,
+                    Path(result["backup_directory"]),
+                    result["timestamp"],
+                    settings.vector,
+                    replace=True,
+                )
+            finally:
+                conn.close()
+        except VectorBackupError as exc:
+            _fail(result, settings.database.redact(f"re-taking {COLLECTION_TABLE}: {exc}"))
+            return
+        retaken["started_at"] = tables[COLLECTION_TABLE]["started_at"]
+        retaken["retaken"] = True
+        tables[COLLECTION_TABLE] = retaken
+        missing = missing_collections(tables)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        _fail(
+            result,
+            f"inconsistent set: {len(missing)} collection(s) the embeddings may reference were "
+            f"deleted while the backup ran ({shown}); run the backup again",
+        )
+
+
+def _fail(result: VectorRunResult, error: str) -> None:
+    result["errors"] = [*result["errors"], error]
+    result["backup_performed"] = False
 
 
 def truncate_after_backup(
@@ -104,7 +164,7 @@ def truncate_after_backup(
                 "fingerprint); nothing was truncated"
             )
         try:
-            verify_set(directory / str(backup_result.get("manifest") or "missing manifest"))
+            verify_set(directory / str(backup_result.get("manifest") or "missing manifest"), deep=False)
         except VerifyError as exc:
             raise TruncateRefusedError(
                 f"the backup set does not verify: {exc}; nothing was truncated"

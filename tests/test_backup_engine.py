@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 from pathlib import Path
 
@@ -169,6 +170,28 @@ def test_existing_backup_is_never_overwritten(store, tmp_path):
         backup_table(store.conn, "langchain_pg_embedding", tmp_path, TS, VECTOR)
     assert existing.read_text() == "an earlier backup\n"
     assert leftovers(tmp_path) == [existing.name]
+
+
+def test_a_temp_file_left_by_a_killed_writer_is_replaced(store, tmp_path):
+    add_awkward_rows(store.conn, store.kind, store.collection_id)
+    stale = tmp_path / f"langchain_pg_embedding_{TS}.csv.tmp"
+    stale.write_text("half a backup from a writer that was SIGKILLed\n")
+
+    result = backup_table(store.conn, "langchain_pg_embedding", tmp_path, TS, VECTOR)
+
+    assert result["success"] and leftovers(tmp_path) == [result["backup_file"]]
+
+
+def test_a_temp_file_being_written_is_not_touched(store, tmp_path):
+    busy = tmp_path / f"langchain_pg_embedding_{TS}.csv.tmp"
+    with open(busy, "wb") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        writer.write(b"a live writer's rows")
+        writer.flush()
+        with pytest.raises(BackupError, match="being written by another process"):
+            backup_table(store.conn, "langchain_pg_embedding", tmp_path, TS, VECTOR)
+    assert busy.read_bytes() == b"a live writer's rows"
+    assert leftovers(tmp_path) == [busy.name]
 
 
 def test_failed_table_becomes_a_failed_result_without_secrets(services, tmp_path):

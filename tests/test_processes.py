@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import FAKE_PASSWORD
@@ -71,20 +74,60 @@ def test_celery_worker_command_runs_the_chain_without_printing_the_password(
 
 
 @pytest.mark.slow
-def test_make_demo_runs_the_chain_and_stops_everything(tmp_path):
+def test_make_demo_runs_the_chain_restores_and_stops_everything(tmp_path):
     started = time.monotonic()
     demo = subprocess.run(
         [sys.executable, "-m", "worker.demo"],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # Smaller than the default 100,000 x 384 to keep CI short; the path is the same.
+        env={**os.environ, "PYTHONPATH": str(ROOT), "DEMO_ROWS": "60000", "DEMO_DIM": "16"},
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert demo.returncode == 0, demo.stdout + demo.stderr
-    # Which progress lines appear depends on timing; the last one always shows the end.
-    assert "langchain_pg_embedding: 120,000 rows done" in demo.stdout
-    assert "after the run: langchain_pg_embedding has 0 rows, langchain_pg_collection has 1" in demo.stdout
-    assert demo.stdout.rstrip().endswith("stopped every process the demo started")
+    out = demo.stdout
+    assert re.search(r"Flower: http://127\.0\.0\.1:\d+  user: demo  password: \S+", out), out
+    assert "langchain_pg_embedding: 60,000 rows ->" in out
+    assert "✓ truncate performed: langchain_pg_embedding emptied (60,000 rows removed)" in out
+    assert "after the run: langchain_pg_collection 1 rows, langchain_pg_embedding 0 rows" in out
+    assert "restored in" in out and "counts match the store before the run" in out
+    assert out.rstrip().endswith("stopped every process the demo started")
     assert "Traceback" not in demo.stderr
     assert time.monotonic() - started < 120
+    celery_processes = [
+        p.info["cmdline"]
+        for p in psutil.process_iter(["cmdline"])
+        if "celery" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not celery_processes, celery_processes
+
+
+def celery_processes() -> list[list[str]]:
+    return [
+        p.info["cmdline"]
+        for p in psutil.process_iter(["cmdline"])
+        if "celery" in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+def test_ctrl_c_during_make_demo_stops_everything_it_started():
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "worker.demo"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "DEMO_ROWS": "300000", "DEMO_DIM": "16"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in demo.stdout:
+        lines.append(line)
+        if "python -m worker run" in line:  # worker and Flower are up, the run is starting
+            break
+    assert celery_processes(), "the demo's worker and Flower should be running"
+    demo.send_signal(signal.SIGINT)
+    out = "".join(lines) + demo.stdout.read()
+    assert demo.wait(60) == 130, out
+    assert "interrupted" in out and out.rstrip().endswith("stopped every process the demo started")
+    assert not celery_processes()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -17,6 +19,10 @@ from worker.sample_store import add_awkward_rows, add_bulk_rows, count_rows, row
 
 pytestmark = pytest.mark.usefixtures("celery_worker_session")
 TIMEOUT = 60
+
+
+def verify(path) -> subprocess.CompletedProcess:
+    return worker_cli("verify", str(path))
 
 
 def restore(*args: str) -> subprocess.CompletedProcess:
@@ -107,3 +113,21 @@ def test_verify_and_restore_tasks_run_on_the_worker(store, truncated, task_root)
     assert row_texts(store.conn, "langchain_pg_embedding") == before["langchain_pg_embedding"]
     with pytest.raises(ConfigurationError, match="outside the task root"):
         restore_backup_set.delay("../../etc").get(timeout=TIMEOUT)
+
+
+def test_a_manifest_forged_to_match_a_shortened_file_is_caught_by_the_copy_count(store, truncated):
+    _, directory = truncated
+    manifest_path = next(directory.glob("manifest_*.json"))
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["tables"]["langchain_pg_embedding"]
+    file = directory / entry["file"]
+    shortened = b"".join(file.read_bytes().splitlines(keepends=True)[:-1])  # bulk rows: one line each
+    file.write_bytes(shortened)
+    entry.update(bytes=len(shortened), sha256=hashlib.sha256(shortened).hexdigest())  # rows left as they were
+    manifest_path.write_text(json.dumps(manifest))
+
+    done = restore(str(manifest_path))
+
+    assert done.returncode == 1 and "rows, the manifest says 2010" in done.stdout, done.stdout
+    assert count_rows(store.conn, "langchain_pg_embedding") == 0
+    assert verify(manifest_path).returncode == 1  # the deep verify parses the rows too

@@ -14,11 +14,13 @@ import pytest
 import redis
 
 from common.config import load_settings
+from tests.processes import run_script, start_logged
 from tests.test_processes import isolated
 from worker.sample_store import add_bulk_rows
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCK_TTL = 3
+# Long enough that the next worker is up (a few seconds on a loaded machine) before it expires.
+LOCK_TTL = 10
 SEND_AND_WAIT = """
 import json, sys
 from tasks.pipeline import enqueue_vector_management, run_record, run_result
@@ -29,15 +31,8 @@ print(json.dumps(run_result(run_record(answer["run_id"])).get(timeout=float(sys.
 
 
 def start_worker(env: dict, log: Path) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-l", "info", "-c", "2"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    argv = ["-m", "celery", "-A", "worker", "worker", "-l", "info", "-c", "2"]
+    return start_logged(argv, log, env, start_new_session=True)
 
 
 def stop(worker: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
@@ -90,14 +85,7 @@ def test_after_sigkill_the_next_run_proceeds_once_the_lock_expires(
         assert lock_redis.get(lock_name) == slow_run.encode()
 
         second_worker = start_worker(env, log)
-        next_run = subprocess.run(
-            [sys.executable, "-c", SEND_AND_WAIT, task_id, "60"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
+        next_run = run_script(SEND_AND_WAIT, task_id, "60", env=env)
     finally:
         slow_client.kill()
         stop(first_worker, signal.SIGKILL)

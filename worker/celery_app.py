@@ -2,6 +2,8 @@
 
 from celery import Celery
 
+import worker.logs  # noqa: F401 - connects the log format and redaction to Celery's loggers
+
 app = Celery("pgvector_backup")
 app.config_from_object("celeryconfig")
 

@@ -166,6 +166,22 @@ def restore(path, db_connection, mode):
     click.echo(f"✓ {done['manifest']} restored into {target.describe()} ({mode}) in {done['duration']:.1f}s")
 
 
+@cli.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 in compose)."
+)
+@click.option("--port", default=8084, show_default=True, help="Port to listen on.")
+@click.option(
+    "--threads", default=8, show_default=True, help="Request threads (a waiting request holds one)."
+)
+def api(host, port, threads):
+    """Serve the HTTP API (waitress). Runs execute on the workers, never in this process."""
+    from worker.api import serve
+
+    console.print(f"API on http://{host}:{port}/api/v0/openapi.json")
+    serve(host, port, threads)
+
+
 def follow_run(run_id: str, timeout: float, as_json: bool) -> int:
     from tasks.pipeline import run_record, run_result
     from worker import app

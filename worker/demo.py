@@ -1,14 +1,17 @@
-"""`make demo`: the whole chain on embedded servers, start to finish, in about a minute.
+"""`make demo`: the whole product on embedded servers, start to finish, in about a minute.
 
-Starts PostgreSQL 16 + pgvector and Redis, seeds a LangChain-shaped store, starts a real
-`celery -A worker worker`, runs backup -> truncate with progress, prints the result and
-stops everything it started. It never touches a configured database: the demo truncates.
+Starts PostgreSQL 16 + pgvector and Redis, seeds a LangChain-shaped store (DEMO_ROWS x
+DEMO_DIM, default 100,000 x 384, a 320 MB CSV), starts a real `celery -A worker worker` and Flower
+(URL and credentials printed), runs the pipeline's backup -> truncate with live progress
+bars and the summary, restores the set and shows the counts match, and stops everything
+it started, also on Ctrl-C. It never touches a configured database: the demo truncates.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,15 +21,17 @@ from pathlib import Path
 import psycopg2
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS, DIM = 120_000, 64
+ROWS = int(os.environ.get("DEMO_ROWS", 100_000))
+DIM = int(os.environ.get("DEMO_DIM", 384))
 
 
 def main() -> int:
     from worker.embedded import start_postgres, start_redis
 
-    servers, worker = [], None
+    servers, processes = [], []
     scratch = Path(tempfile.mkdtemp(prefix="vector-demo-"))
     task_root = ROOT / ".demo" / "training_data"
+    shutil.rmtree(task_root, ignore_errors=True)  # the previous demo's sets: only the last one is kept
     task_root.mkdir(parents=True, exist_ok=True)
     try:
         say("starting embedded PostgreSQL 16 + pgvector and Redis")
@@ -40,97 +45,108 @@ def main() -> int:
             "VECTOR_TASK_ROOT": str(task_root),
         }
         os.environ.update(env)
-        seed(pg_url)
-        say("starting a worker: celery -A worker worker -E")
-        worker_log = ROOT / ".demo" / "worker.log"
-        say(f"worker log: {worker_log}")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-q", "-A", "worker", "worker", "-E", "-l", "info", "-c", "2"],
-            cwd=ROOT,
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-            stdout=open(worker_log, "wb"),  # noqa: SIM115 - closed when the demo exits
-            stderr=subprocess.STDOUT,
-        )
-        run_chain(pg_url)
-        return 0
+        before = seed(pg_url)
+        say(f"starting a worker (log: {ROOT / '.demo' / 'worker.log'})")
+        processes.append(start("worker", ["worker", "-E", "-l", "info", "-c", "2"]))
+        from worker.embedded import free_port
+
+        port, password = free_port(), secrets.token_urlsafe(12)
+        os.environ["FLOWER_BASIC_AUTH"] = f"demo:{password}"
+        processes.append(start("flower", ["flower", f"--port={port}", "--address=127.0.0.1"]))
+        say(f"Flower: http://127.0.0.1:{port}  user: demo  password: {password}")
+        return run_chain(pg_url, before)
     except KeyboardInterrupt:
         say("interrupted")
         return 130
     finally:
-        stop_everything(worker, servers)
+        stop_everything(processes, servers)
 
 
-def stop_everything(worker, servers) -> None:
-    """Stop the worker, then the servers; each step runs even if an earlier one failed."""
+def start(name: str, celery_args: list[str]) -> subprocess.Popen:
+    """`celery -A worker <celery_args>`, logging to `.demo/<name>.log`."""
+    with open(ROOT / ".demo" / f"{name}.log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-q", "-A", "worker", *celery_args],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop_everything(processes, servers) -> None:
+    """Stop the processes, then the servers; each step runs even if an earlier one failed."""
     from worker.celery_app import release_pending_results
 
     try:
         release_pending_results()
     finally:
         try:
-            if worker is not None:
-                worker.terminate()
-                worker.wait(30)
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
         finally:
             for server in reversed(servers):
                 server.stop()
             say("stopped every process the demo started")
 
 
-def seed(pg_url: str) -> None:
+def seed(pg_url: str) -> dict[str, int]:
+    """Create and fill the store; returns its row counts."""
     from worker.sample_store import add_bulk_rows, add_collection, create_store, drop_store
 
     say(f"seeding a LangChain store: {ROWS:,} embeddings of {DIM} dimensions")
-    with psycopg2.connect(pg_url) as conn:
+    conn = psycopg2.connect(pg_url)
+    try:
         conn.autocommit = True
         drop_store(conn)
         create_store(conn, "langchain_postgres")
         collection = add_collection(conn, "langchain_postgres", "demo_docs")
         add_bulk_rows(conn, "langchain_postgres", collection, ROWS, dim=DIM)
+        return counts(conn)
+    finally:
+        conn.close()
 
 
-def run_chain(pg_url: str) -> None:
-    from tasks.vector_backup import build_vector_workflow, table_results
+def counts(conn) -> dict[str, int]:
     from worker.sample_store import count_rows
 
+    return {t: count_rows(conn, t) for t in ("langchain_pg_collection", "langchain_pg_embedding")}
+
+
+def run_chain(pg_url: str, before: dict[str, int]) -> int:
+    """The pipeline's way in: enqueue once, follow with live bars, then restore."""
+    from common.db import DatabaseTarget, connect
+    from common.restore import restore_set
+    from tasks.pipeline import enqueue_vector_management, run_record, run_result
+    from worker.cli import follow_run
+
     task_id = "demo_" + time.strftime("%Y%m%d_%H%M%S")
-    workflow = build_vector_workflow(task_id, backup=True, truncate=True)
-    final = workflow.freeze()
-    header = table_results(workflow)
-    say(f"running backup -> truncate for task {task_id}")
-    workflow.apply_async()
-    shown = ""
-    while True:
-        finished = final.ready()  # read before the tables, so the last line shows their end
-        line = "   ".join(describe(r) for r in header)
-        if line != shown:
-            print(f"  {line}", flush=True)
-            shown = line
-        if finished:
-            break
-        time.sleep(0.2)
-    result = final.result  # ready() already read it; get() would hold a pub/sub subscription
-    if final.failed():
-        say(f"the run failed: {result}")
-        return
-    print(json.dumps(result, indent=2, ensure_ascii=False))
-    with psycopg2.connect(pg_url) as conn:
-        say(
-            f"after the run: langchain_pg_embedding has {count_rows(conn, 'langchain_pg_embedding')} rows, "
-            f"langchain_pg_collection has {count_rows(conn, 'langchain_pg_collection')}"
-        )
-    say(f"backup files and vector_backup_log.txt are in {result['backup_directory']}")
+    say(f"python -m worker run --task-id {task_id} --backup-vector-tables --truncate-vector-tables")
+    run_id = enqueue_vector_management(task_id, backup=True, truncate=True)["run_id"]
+    if follow_run(run_id, timeout=600, as_json=False) != 0:
+        return 1
+    directory = run_result(run_record(run_id)).result["backup_directory"]
+    conn = connect(DatabaseTarget.from_url(pg_url))
+    try:
+        say(f"after the run: {fmt(counts(conn))}")
+        say(f"python -m worker restore {directory}")
+        restored = restore_set(conn, Path(directory))
+        after = counts(conn)
+    finally:
+        conn.close()
+    say(f"restored in {restored['duration']:.1f}s: {fmt(after)}")
+    say("counts match the store before the run" if after == before else f"MISMATCH: before {fmt(before)}")
+    say(f"backup files, manifest and vector_backup_log.txt are in {directory}")
+    return 0 if after == before else 1
 
 
-def describe(async_result) -> str:
-    info = async_result.info if isinstance(async_result.info, dict) else {}
-    if async_result.state == "SUCCESS":
-        return f"{info.get('table', '?')}: {info.get('row_count', 0):,} rows done"
-    if async_result.state == "PROGRESS":
-        percent = info.get("percent")
-        shown = f" ({percent:.0f}%)" if percent is not None else ""
-        return f"{info['table']}: {info['rows']:,} rows{shown}"
-    return f"{async_result.state.lower()}"
+def fmt(table_counts: dict[str, int]) -> str:
+    return ", ".join(f"{table} {rows:,} rows" for table, rows in table_counts.items())
 
 
 def say(text: str) -> None:

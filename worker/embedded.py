@@ -49,10 +49,17 @@ def redis_server_binary() -> str:
     return found
 
 
-def start_redis(data_dir: Path, timeout_s: float = 10.0) -> EmbeddedServer:
-    """A real redis-server on a free loopback port, persisting nothing; stopped by `stop()`."""
+def start_redis(
+    data_dir: Path, timeout_s: float = 10.0, port: int | None = None, durable: bool = False
+) -> EmbeddedServer:
+    """A real redis-server on a loopback port (a free one by default); stopped by `stop()`.
+
+    It persists nothing unless `durable`: then every write goes to an fsynced append-only
+    file in `data_dir`, as a production broker should, and a restart on the same
+    directory and port brings back the queues, results and locks.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [
             redis_server_binary(),
@@ -63,7 +70,9 @@ def start_redis(data_dir: Path, timeout_s: float = 10.0) -> EmbeddedServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if durable else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             str(data_dir),
         ],

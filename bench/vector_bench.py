@@ -1,0 +1,396 @@
+"""`make bench`: this project's backup and restore against `psql \\copy`, in one run.
+
+Every figure is a ratio to `psql \\copy` measured in the same run on the same table
+(the machines are small and noisy; absolute times mean little). Methods:
+
+- `psql \\copy` (the baseline) and `pg_dump --data-only -t`, both PostgreSQL 16 client
+  tools from pgserver;
+- the seeds' way: a named cursor with `itersize` 10,000 and `csv.writer`;
+- this project's single-stream backup, through a real `celery -A worker worker`, with
+  progress, sha256 and fsync (the whole chain: dispatch, both tables, chord join);
+- restore: `python -m worker restore`'s engine (verify, then COPY FROM) against
+  `psql \\copy FROM`, both into empty tables with the same indexes;
+- memory: peak RSS of one table backup at 10k and at 1M rows;
+- chain overhead: a run on empty tables.
+
+Results go to `bench/RESULTS.md` (the README quotes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE = "langchain_pg_embedding"
+WORKLOADS = {"wide": (20_000, 1536), "narrow": (1_000_000, 16)}
+
+
+@dataclass
+class Timing:
+    method: str
+    seconds: float
+    rows: int
+    bytes: int
+    target: float | None = None  # minimum ratio to psql \copy
+
+    def ratio(self, baseline: Timing) -> float:
+        return baseline.seconds / self.seconds
+
+    def line(self, baseline: Timing) -> str:
+        ratio = self.ratio(baseline)
+        verdict = "" if self.target is None else ("PASS" if ratio >= self.target else "FAIL")
+        target = "" if self.target is None else f"≥ {self.target:.2f}×"
+        return (
+            f"| {self.method} | {self.seconds:.2f} s | {self.rows / self.seconds:,.0f} | "
+            f"{self.bytes / self.seconds / 1e6:,.0f} | {ratio:.2f}× | {target} | {verdict} |"
+        )
+
+
+def median_time(run, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def pg_bin(name: str) -> str:
+    import pgserver
+
+    return str(Path(pgserver.__file__).parent / "pginstall" / "bin" / name)
+
+
+def seed(url: str, rows: int, dim: int) -> None:
+    from worker.sample_store import add_bulk_rows, add_collection, create_store, drop_store
+
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        drop_store(conn)
+        create_store(conn, "langchain_postgres")
+        collection = add_collection(conn, "langchain_postgres", "bench")
+        add_bulk_rows(conn, "langchain_postgres", collection, rows, dim=dim)
+        with conn.cursor() as cur:
+            cur.execute(f"VACUUM ANALYZE {TABLE}")
+    finally:
+        conn.close()
+
+
+def psql_copy_out(url: str, out: Path) -> None:
+    command = f"\\copy {TABLE} TO '{out}' WITH (FORMAT csv, HEADER)"
+    subprocess.run([pg_bin("psql"), "-X", "-q", "-d", url, "-c", command], check=True)
+
+
+def pg_dump_data(url: str, out: Path) -> None:
+    subprocess.run([pg_bin("pg_dump"), "--data-only", "-t", TABLE, "-f", str(out), "-d", url], check=True)
+
+
+def seeds_way(url: str, out: Path) -> None:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor(name="seeds_way") as cur, open(out, "w", newline="", encoding="utf-8") as f:
+            cur.itersize = 10_000
+            cur.execute(f"SELECT * FROM {TABLE}")
+            writer = csv.writer(f)
+            first = True
+            for row in cur:
+                if first:
+                    writer.writerow([d.name for d in cur.description])
+                    first = False
+                writer.writerow(row)
+    finally:
+        conn.close()
+
+
+def compressed_backup(url: str, scratch: Path, compression: str) -> dict:
+    """One table backup by the engine (no worker), compressed; a fresh directory each time."""
+    from common.backup import backup_table
+    from common.config import VectorTableManagement
+
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        directory = Path(tempfile.mkdtemp(dir=scratch))
+        return backup_table(conn, TABLE, directory, "bench", VectorTableManagement(compression=compression))
+    finally:
+        conn.close()
+
+
+def chain_backup() -> dict:
+    """A backup-only run through the real worker; returns its result dict."""
+    from tasks.pipeline import enqueue_vector_management, run_record, run_result
+
+    run_id = enqueue_vector_management(None, backup=True)["run_id"]
+    return run_result(run_record(run_id)).get(timeout=3600)
+
+
+def restore_database(url: str) -> str:
+    """A scratch database beside `url`'s, empty, for restores."""
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("DROP DATABASE IF EXISTS bench_restore")
+        cur.execute("CREATE DATABASE bench_restore")
+    conn.close()
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    return make_dsn(**{**parse_dsn(url), "dbname": "bench_restore"})
+
+
+def drop_restored(dsn: str) -> None:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {TABLE}, langchain_pg_collection CASCADE")
+    conn.close()
+
+
+def psql_copy_in(dsn: str, ddl: list[str], csv_file: Path) -> None:
+    """The baseline restore: the same tables and indexes, then `\\copy FROM`."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        for statement in ddl:
+            if "FOREIGN KEY" not in statement:
+                cur.execute(statement)
+    conn.close()
+    command = f"\\copy {TABLE} FROM '{csv_file}' WITH (FORMAT csv, HEADER)"
+    subprocess.run([pg_bin("psql"), "-X", "-q", "-d", dsn, "-c", command], check=True)
+
+
+def project_restore(dsn: str, directory: Path) -> None:
+    from common.db import DatabaseTarget, connect
+    from common.restore import restore_set
+
+    conn = connect(DatabaseTarget.from_url(_as_url(dsn)))
+    try:
+        restore_set(conn, directory)
+    finally:
+        conn.close()
+
+
+def _as_url(dsn: str) -> str:
+    from psycopg2.extensions import parse_dsn
+
+    p = parse_dsn(dsn)
+    return f"postgresql://{p.get('user', 'postgres')}@/{p['dbname']}?host={p.get('host', '')}"
+
+
+PEAK_RSS = """
+import resource, sys
+from pathlib import Path
+import psycopg2
+from common.backup import backup_table
+from common.config import VectorTableManagement
+conn = psycopg2.connect(sys.argv[1]); conn.autocommit = True
+backup_table(conn, sys.argv[2], Path(sys.argv[3]), "rss", VectorTableManagement())
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def peak_rss(url: str, rows: int, scratch: Path) -> int:
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(
+            "DROP TABLE IF EXISTS rss_probe; CREATE TABLE rss_probe AS SELECT g AS id, "
+            "array_fill(g::real / 3, ARRAY[16])::vector AS embedding, 'd' || g AS doc "
+            "FROM generate_series(1, %s) g",
+            (rows,),
+        )
+    conn.close()
+    directory = scratch / f"rss_{rows}"
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, url, "rss_probe", str(directory)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.split()[-1])
+
+
+def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int) -> list[str]:
+    say(f"{name}: seeding {rows:,} rows x {dim} dims")
+    seed(url, rows, dim)
+    out = scratch / "out.csv"
+    psql_copy_out(url, out)  # warm the cache once
+    size = out.stat().st_size
+    dump = scratch / "dump.sql"
+    results: list[dict] = []
+    packed: dict[str, dict] = {}
+    methods = {
+        "psql \\copy": lambda: psql_copy_out(url, out),
+        "pg_dump --data-only -t": lambda: pg_dump_data(url, dump),
+        "this project, single stream (whole chain)": lambda: results.append(chain_backup()),
+        "zstd": lambda: packed.update(zstd=compressed_backup(url, scratch, "zstd")),
+        "gzip": lambda: packed.update(gzip=compressed_backup(url, scratch, "gzip")),
+    }
+    # Interleaved: every repetition runs each method once, so a slow spell of the machine
+    # hits all of them rather than one method's repeats.
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(repeat):
+        for method, run in methods.items():
+            times[method].append(median_time(run, 1))
+    median = {m: statistics.median(t) for m, t in times.items()}
+    baseline = Timing("psql \\copy", median["psql \\copy"], rows, size)
+    table_time = statistics.median(r["tables_backed_up"][TABLE]["duration"] for r in results)
+    timings = [
+        baseline,
+        Timing("pg_dump --data-only -t", median["pg_dump --data-only -t"], rows, size),
+        Timing("seeds' way (itersize + csv.writer)", median_time(lambda: seeds_way(url, out), 1), rows, size),
+        Timing(
+            "this project, single stream (whole chain)",
+            median["this project, single stream (whole chain)"],
+            rows,
+            size,
+            target=0.97,
+        ),
+        Timing("this project, single stream (the table task)", table_time, rows, size, target=0.97),
+    ]
+    for compression in ("zstd", "gzip"):
+        smaller = size / packed[compression]["file_size_bytes"]
+        label = f"this project, {compression} (engine; file {smaller:.1f}× smaller)"
+        timings.append(Timing(label, median[compression], rows, size))
+    lines = [f"### {name}: {rows:,} rows × {dim} dims, {size / 1e6:,.0f} MB of CSV", ""]
+    lines += [
+        "| method | time (median) | rows/s | MB/s | vs psql \\copy | target | |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [t.line(baseline) for t in timings]
+    lines.append("| range-split backup, 2 workers | not built yet | | | | ≥ 1.40× | FAIL |")
+
+    say(f"{name}: restore")
+    newest = Path(results[-1]["backup_directory"])
+    manifest = json.loads((newest / results[-1]["manifest"]).read_text())
+    restore_dsn = restore_database(url)
+
+    def baseline_restore():
+        drop_restored(restore_dsn)
+        psql_copy_in(
+            restore_dsn, manifest["tables"][TABLE]["ddl"], newest / manifest["tables"][TABLE]["file"]
+        )
+
+    def ours():
+        drop_restored(restore_dsn)
+        project_restore(restore_dsn, newest / results[-1]["manifest"])
+
+    copy_in = Timing("psql \\copy FROM", median_time(baseline_restore, repeat), rows, size)
+    restore = Timing(
+        "this project's restore (verify + COPY FROM)", median_time(ours, repeat), rows, size, 0.9
+    )
+    lines += [
+        "",
+        "| restore | time (median) | rows/s | MB/s | vs psql \\copy FROM | target | |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [copy_in.line(copy_in), restore.line(copy_in), ""]
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    parser.add_argument("--rows", type=int, help="a custom workload: rows (with --dim)")
+    parser.add_argument("--dim", type=int, default=1536)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    workloads = (
+        {"custom": (args.rows, args.dim)}
+        if args.rows
+        else (WORKLOADS if args.workload == "all" else {args.workload: WORKLOADS[args.workload]})
+    )
+
+    from worker.embedded import start_postgres, start_redis
+
+    scratch = Path(tempfile.mkdtemp(prefix="vector-bench-"))
+    servers, worker = [], None
+    try:
+        servers.append(start_postgres(scratch / "pg"))
+        servers.append(start_redis(scratch / "redis"))
+        url, redis_url = servers[0].url, servers[1].url
+        task_root = scratch / "training_data"
+        os.environ.update(
+            VECTOR_DB_URL=url,
+            CELERY_BROKER_URL=redis_url,
+            CELERY_RESULT_BACKEND=redis_url,
+            VECTOR_TASK_ROOT=str(task_root),
+        )
+        from worker import app
+
+        app.conf.update(broker_url=redis_url, result_backend=redis_url)
+        with open(scratch / "worker.log", "wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-q", "-A", "worker", "worker", "-c", "2", "-l", "warning"],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while not app.control.ping(timeout=1) and time.monotonic() < deadline:
+            pass
+        seed(url, 0, 16)
+        chain_backup()  # warm-up: connections, imports, the first chord
+        lines = [
+            "# Benchmark results",
+            "",
+            f"`make bench` on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, PostgreSQL 16 + pgvector "
+            f"(pgserver), median of {args.repeat} runs. Ratios are to `psql \\copy` in the same run.",
+            "",
+        ]
+        for name, (rows, dim) in workloads.items():
+            lines += measure(url, scratch, name, rows, dim, args.repeat)
+        say("memory and chain overhead")
+        small, big = peak_rss(url, 10_000, scratch), peak_rss(url, 1_000_000, scratch)
+        growth = (big - small) / 2**20
+        seed(url, 0, 16)
+        overhead = median_time(chain_backup, args.repeat)
+        lines += [
+            "### Memory and overhead",
+            "",
+            "| measure | value | target | |",
+            "|---|---|---|---|",
+            f"| peak RSS of one table backup, 10k → 1M rows | +{growth:.1f} MB | < 50 MB | "
+            f"{'PASS' if growth < 50 else 'FAIL'} |",
+            f"| chain overhead (empty tables, whole run) | {overhead:.2f} s | < 0.5 s | "
+            f"{'PASS' if overhead < 0.5 else 'FAIL'} |",
+            "",
+        ]
+        args.out.write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        say(f"written to {args.out}")
+        return 0
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(30)
+        from worker.celery_app import release_pending_results
+
+        release_pending_results()
+        for server in reversed(servers):
+            server.stop()
+
+
+def say(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""What celery beat runs: the nightly backup and the retention cleanup of `<root>/vector_bak/`."""
+
+from __future__ import annotations
+
+from common.config import load_schedules, load_settings
+from common.retention import RetentionPolicy, apply_retention
+from tasks.pipeline import EnqueueResult, enqueue_vector_management, stamp_key
+from tasks.vector_backup import redis_client
+from worker import app
+
+
+@app.task(name="vector.nightly_backup")
+def nightly_backup() -> EnqueueResult:
+    """A backup-only run into `<root>/vector_bak/`, through the same run lock as any run."""
+    return enqueue_vector_management(None, backup=True)
+
+
+@app.task(name="vector.apply_retention")
+def apply_backup_retention() -> dict:
+    settings, schedules = load_settings(), load_schedules()
+    directory = settings.backup_directory()
+    client = redis_client(settings.runs.redis_url)
+    removed = apply_retention(
+        directory,
+        RetentionPolicy(keep=schedules.keep, max_age_days=schedules.max_age_days),
+        in_use=lambda stamp: bool(client.exists(stamp_key(directory, stamp))),
+        temp_suffix=settings.vector.backup_temp_suffix,
+    )
+    return {"directory": str(directory), "removed": removed}

@@ -1,0 +1,188 @@
+"""The HTTP API: the seeds' backup endpoint and the extensions they list, on Flask.
+
+Routes parse, check, call one function and wrap the answer in the envelope of
+`common/result.py`. A run goes through the pipeline's enqueue-once path and run lock
+and executes on the workers, never in the web process.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+
+import redis
+from flask import Flask, Response, jsonify, request, send_file, url_for
+from kombu.exceptions import OperationalError
+from werkzeug.exceptions import HTTPException
+
+from common import result as envelope
+from common.catalog import find_set, list_sets, set_file
+from common.config import ApiSettings, Settings, load_api_settings, load_settings
+from common.db import connect
+from common.exceptions import ConfigurationError, DatabaseUnavailableError, VerifyError
+from tasks.pipeline import enqueue_vector_management, run_record, run_result
+from worker.api_params import ForbiddenDatabase, InvalidParams, check_db_connection, parse_backup_body
+from worker.api_views import failure, job_status, run_data
+from worker.openapi import PREFIX, openapi_spec
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError, OperationalError)
+log = logging.getLogger("worker.api")
+
+
+def reply(body: dict, headers: dict | None = None) -> Response:
+    response = jsonify(body)
+    response.status_code = body["code"]
+    response.headers.update(headers or {})
+    return response
+
+
+def create_app(settings: Settings | None = None, api: ApiSettings | None = None) -> Flask:
+    settings = settings or load_settings()
+    api = api or load_api_settings()
+    web = Flask(__name__)
+    web.config["MAX_CONTENT_LENGTH"] = api.max_body_bytes
+    web.json.sort_keys = False
+    web.json.ensure_ascii = False
+
+    @web.before_request
+    def require_token():
+        if api.token is None or request.path == "/api/v0/openapi.json":
+            return None
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {api.token}".encode()):
+            return reply(envelope.unauthorized_response(), {"WWW-Authenticate": "Bearer"})
+        return None
+
+    @web.before_request
+    def start_clock():
+        request.environ["vector.started"] = time.monotonic()
+
+    @web.after_request
+    def access_log(response: Response) -> Response:
+        took = time.monotonic() - request.environ.get("vector.started", time.monotonic())
+        log.info(
+            "%s %s -> %s in %.0f ms", request.method, request.path[:200], response.status_code, took * 1000
+        )
+        return response
+
+    @web.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if exc.code == 404:
+            return reply(
+                envelope.not_found_response(f"no such endpoint: {request.method} {request.path[:200]}")
+            )
+        if exc.code == 413:
+            body = envelope.bad_request_response(f"the body is larger than {api.max_body_bytes} bytes")
+            return reply({**body, "code": 413})
+        body = envelope.error_response(
+            exc.code or 500, exc.name, exc.description or exc.name, "INVALID_REQUEST"
+        )
+        return reply(body)
+
+    @web.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        if isinstance(exc, BROKER_ERRORS):
+            return reply(
+                envelope.service_unavailable_response("the broker (Redis) is unreachable; try again")
+            )
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return reply(envelope.internal_error_response("unexpected server error", "INTERNAL_ERROR"))
+
+    @web.post(f"{PREFIX}/backup")
+    def backup():
+        try:
+            params = parse_backup_body(request.get_data(cache=False))
+            target = (
+                check_db_connection(params.db_connection, api) if params.db_connection else settings.database
+            )
+        except InvalidParams as exc:
+            return reply(envelope.bad_request_response(str(exc)))
+        except ForbiddenDatabase as exc:
+            return reply(envelope.forbidden_response(str(exc)))
+        if params.task_id and not (settings.task_root / params.task_id).is_dir():
+            return reply(envelope.not_found_response(f"task directory not found: {params.task_id}"))
+        if not params.backup:
+            return reply(envelope.success_response(run_data(None, None)))
+        try:
+            connect(target).close()
+        except DatabaseUnavailableError as exc:
+            return reply(envelope.service_unavailable_response(str(exc)))
+        answer = enqueue_vector_management(
+            params.task_id,
+            backup=True,
+            truncate=params.truncate,
+            db_connection=params.db_connection,
+            settings=settings,
+        )
+        final = run_result(run_record(answer["run_id"], settings))
+        deadline = time.monotonic() + (api.wait_s if params.wait else 0)
+        while not final.ready() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not final.ready():
+            return accepted(answer["run_id"], answer["message"])
+        return finished(answer["run_id"], final)
+
+    def accepted(job_id: str, message: str) -> Response:
+        status_url = url_for("job", job_id=job_id)
+        data = {"response": message, "job_id": job_id, "status_url": status_url}
+        return reply(envelope.success_response(data, "accepted", code=202), {"Location": status_url})
+
+    def finished(job_id: str, final) -> Response:
+        if final.successful():
+            return reply(envelope.success_response(run_data(final.result, job_id)))
+        error_type, reason, result = failure(final.result)
+        extra = {"job_id": job_id, **({"result": run_data(result, job_id)} if result else {})}
+        return reply(envelope.internal_error_response(reason, error_type, can_retry=True, **extra))
+
+    @web.get(f"{PREFIX}/backup/<job_id>")
+    def job(job_id: str):
+        record = run_record(job_id, settings) if JOB_ID.match(job_id) else None
+        if record is None:
+            return reply(envelope.not_found_response(f"no job {job_id[:64]!r} (never sent, or expired)"))
+        return reply(envelope.success_response(job_status(record, run_result(record))))
+
+    @web.get(f"{PREFIX}/backups")
+    def backups():
+        sets = list_sets(settings)
+        return reply(envelope.success_response({"response": f"{len(sets)} backup set(s)", "sets": sets}))
+
+    @web.get(f"{PREFIX}/backups/<set_name>")
+    def backup_set(set_name: str):
+        try:
+            path, manifest = find_set(settings, set_name)
+        except VerifyError as exc:
+            return reply(envelope.not_found_response(str(exc)[:300]))
+        return reply(
+            envelope.success_response({"response": path.name, "set": set_name, "manifest": manifest})
+        )
+
+    @web.get(f"{PREFIX}/backups/<set_name>/files/<file_name>")
+    def download(set_name: str, file_name: str):
+        try:
+            path = set_file(settings, set_name, file_name)
+        except VerifyError as exc:
+            return reply(envelope.not_found_response(str(exc)[:300]))
+        return send_file(path, as_attachment=True, download_name=path.name, conditional=True)
+
+    @web.get("/api/v0/openapi.json")
+    def openapi():
+        return jsonify(openapi_spec())
+
+    return web
+
+
+def serve(host: str, port: int, threads: int = 8) -> None:
+    """Serve with waitress, a production WSGI server (the same in compose)."""
+    from waitress import serve as waitress_serve
+
+    from worker.logs import configure_api_logging
+
+    configure_api_logging()
+    try:
+        web = create_app()
+    except ConfigurationError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+    waitress_serve(web, host=host, port=port, threads=threads, ident="pgvector-backup")

@@ -1,0 +1,90 @@
+"""What the API returns for a run: the seeds' data fields, a job's status, and errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.result import AsyncResult
+
+from common.exceptions import BackupFailedError, RunFailedError, TruncateRefusedError
+from worker import app
+
+# Per-table fields the seeds show; the manifest has the rest (columns, DDL, fingerprint).
+TABLE_FIELDS = (
+    "success",
+    "row_count",
+    "file_size",
+    "file_size_bytes",
+    "backup_file",
+    "sha256",
+    "duration",
+    "error",
+)
+PROGRESS_FIELDS = ("step", "rows", "total_estimate", "bytes", "percent")
+ERROR_TYPES = {BackupFailedError: "BACKUP_FAILED", TruncateRefusedError: "TRUNCATE_REFUSED"}
+
+
+def run_data(result: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
+    """The seeds' success data for a run's result dict (or for a run that did nothing)."""
+    result = result or {}
+    tables = {
+        name: {k: info[k] for k in TABLE_FIELDS if k in info}
+        for name, info in (result.get("tables_backed_up") or {}).items()
+    }
+    if result.get("truncate_performed"):
+        response = "vector tables backed up and langchain_pg_embedding emptied"
+    elif result.get("backup_performed"):
+        response = "vector tables backed up"
+    elif result.get("errors"):
+        response = "vector table management failed"
+    else:
+        response = "nothing was done: backup_vector_tables and truncate_vector_tables are both false"
+    return {
+        "response": response,
+        "job_id": job_id,
+        "backup_performed": bool(result.get("backup_performed")),
+        "truncate_performed": bool(result.get("truncate_performed")),
+        "backup_directory": result.get("backup_directory"),
+        "manifest": result.get("manifest"),
+        "tables_backed_up": tables,
+        "truncate_results": result.get("truncate_results") or {},
+        "errors": result.get("errors") or [],
+        "duration": result.get("duration", 0.0),
+    }
+
+
+def failure(exc: BaseException) -> tuple[str, str, dict[str, Any] | None]:
+    """(error_type, reason, result dict or None) for a run's final error."""
+    error_type = next((t for cls, t in ERROR_TYPES.items() if isinstance(exc, cls)), "DATABASE_ERROR")
+    result = exc.result if isinstance(exc, RunFailedError) else None
+    reason = exc.args[0] if isinstance(exc, RunFailedError) and exc.args else f"{type(exc).__name__}: {exc}"
+    return error_type, str(reason), result
+
+
+def job_status(record: dict[str, Any], final: AsyncResult) -> dict[str, Any]:
+    """State, per-table progress from the task meta, and the result or error."""
+    tables = {}
+    for task_id, table in record["tables"].items():
+        part = AsyncResult(task_id, app=app)
+        info = part.info if isinstance(part.info, dict) else {}
+        if part.state == "PROGRESS":
+            tables[table] = {"state": "PROGRESS", **{k: info.get(k) for k in PROGRESS_FIELDS}}
+        elif part.state == "SUCCESS":
+            tables[table] = {"state": "SUCCESS", **{k: info[k] for k in TABLE_FIELDS if k in info}}
+        else:
+            tables[table] = {"state": part.state}
+    status = {
+        "job_id": record["run_id"],
+        "task_id": record.get("task_id"),
+        "truncate_requested": bool(record.get("truncate")),
+        "state": final.state,
+        "tables": tables,
+    }
+    if final.successful():
+        status["result"] = run_data(final.result, record["run_id"])
+    elif final.failed():
+        error_type, reason, result = failure(final.result)
+        status["error"] = {"error_type": error_type, "reason": reason}
+        if result:
+            status["result"] = run_data(result, record["run_id"])
+    return status

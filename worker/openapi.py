@@ -1,0 +1,154 @@
+"""The OpenAPI 3 description served at `/api/v0/openapi.json`; the schemathesis test holds
+every response to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PREFIX = "/api/v0/data_pipeline/vector"
+TASK_ID = {"type": "string", "pattern": "^[a-zA-Z0-9_]+$", "minLength": 1, "maxLength": 128}
+
+
+def _envelope(data: dict[str, Any], success: bool) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["code", "success", "message", "data"],
+        "properties": {
+            "code": {"type": "integer"},
+            "success": {"type": "boolean", "enum": [success]},
+            "message": {"type": "string"},
+            "data": data,
+        },
+    }
+
+
+ERROR_DATA = {
+    "type": "object",
+    "required": ["response", "error_type", "timestamp"],
+    "properties": {
+        "response": {"type": "string"},
+        "error_type": {"type": "string"},
+        "can_retry": {"type": "boolean"},
+        "job_id": {"type": "string"},
+        "timestamp": {"type": "string"},
+    },
+}
+RUN_DATA = {
+    "type": "object",
+    "required": [
+        "response",
+        "backup_performed",
+        "truncate_performed",
+        "tables_backed_up",
+        "errors",
+        "timestamp",
+    ],
+    "properties": {
+        "response": {"type": "string"},
+        "job_id": {"type": ["string", "null"]},
+        "status_url": {"type": "string"},
+        "backup_performed": {"type": "boolean"},
+        "truncate_performed": {"type": "boolean"},
+        "backup_directory": {"type": ["string", "null"]},
+        "manifest": {"type": ["string", "null"]},
+        "tables_backed_up": {"type": "object"},
+        "truncate_results": {"type": "object"},
+        "errors": {"type": "array", "items": {"type": "string"}},
+        "duration": {"type": "number"},
+        "timestamp": {"type": "string"},
+    },
+}
+ACCEPTED_DATA = {
+    "type": "object",
+    "required": ["response", "job_id", "status_url", "timestamp"],
+    "properties": {
+        "response": {"type": "string"},
+        "job_id": {"type": "string"},
+        "status_url": {"type": "string"},
+    },
+}
+GENERIC_DATA = {"type": "object", "required": ["response", "timestamp"]}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "invalid parameters",
+        401: "missing or wrong bearer token (when API_TOKEN is set)",
+        403: "db_connection host not allowed",
+        404: "not found",
+        413: "body too large",
+        500: "the run failed",
+        503: "broker or database unreachable; can_retry is true",
+    }
+    return {str(c): _json(_envelope(ERROR_DATA, False), text[c]) for c in codes}
+
+
+def _get(summary: str, params: list[str], found: str | None, *errors: int) -> dict[str, Any]:
+    """A GET operation with string path parameters; `found` None means a file download."""
+    ok = (
+        {"description": "the file", "content": {"application/octet-stream": {}}}
+        if found is None
+        else _json(_envelope(GENERIC_DATA, True), found)
+    )
+    parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in params]
+    return {
+        "get": {"summary": summary, "parameters": parameters, "responses": {"200": ok, **_errors(*errors)}}
+    }
+
+
+def openapi_spec() -> dict[str, Any]:
+    backup_body = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "task_id": TASK_ID,
+            "db_connection": {
+                "type": "string",
+                "pattern": "^postgres(ql)?://[a-z0-9_]+(:[a-z0-9_]+)?@[a-z0-9.]+(:[0-9]{1,4})?/[a-z0-9_]+$",
+                "description": "a postgresql:// URL; its host must be on VECTOR_API_DB_HOSTS",
+            },
+            "truncate_vector_tables": {"type": "boolean", "default": False},
+            "backup_vector_tables": {"type": "boolean", "default": True},
+            "wait": {"type": "boolean", "default": True},
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "pgvector-backup", "version": "0.1.0"},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            f"{PREFIX}/backup": {
+                "post": {
+                    "summary": "Back up (and optionally empty) the vector tables through the Celery chain",
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": backup_body}},
+                    },
+                    "responses": {
+                        "200": _json(_envelope(RUN_DATA, True), "the run finished (or nothing was asked)"),
+                        "202": _json(_envelope(ACCEPTED_DATA, True), "still running; poll status_url"),
+                        **_errors(400, 401, 403, 404, 413, 500, 503),
+                    },
+                }
+            },
+            f"{PREFIX}/backup/{{job_id}}": _get(
+                "A job's state, per-table progress, and result or error", ["job_id"], "the job", 401, 404, 503
+            ),
+            f"{PREFIX}/backups": _get("Backup sets under the task root, newest first", [], "the sets", 401),
+            f"{PREFIX}/backups/{{set_name}}": _get(
+                "One set's manifest", ["set_name"], "the manifest", 401, 404
+            ),
+            f"{PREFIX}/backups/{{set_name}}/files/{{file_name}}": _get(
+                "Download one file of a set (streamed)", ["set_name", "file_name"], None, 401, 404
+            ),
+            "/api/v0/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}
+            },
+        },
+    }
