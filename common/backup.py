@@ -6,7 +6,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, TypedDict
+from typing import BinaryIO, Protocol, TypedDict
 
 import psycopg2
 from psycopg2 import sql
@@ -59,6 +59,7 @@ class TableBackup(TypedDict, total=False):
     fingerprint: str
     collection_ids: list[str]
     retaken: bool
+    part: bool  # one task's share of a range-split table (common.split)
     duration: float
     started_at: float
     error: str
@@ -87,6 +88,7 @@ class _CountingWriter:
         self._report = report
         self.records = 0
         self.bytes = 0
+        self.appended = 0  # of `bytes`, what other processes copied
         self._next_report = every + 1  # records count the header
 
     def write(self, data: bytes) -> None:
@@ -97,7 +99,39 @@ class _CountingWriter:
         self.bytes += len(data)
         if self.records == self._next_report:
             self._next_report += self._every
-            self._report(self.records - 1, self.bytes)
+            self._report(self.records - 1, self.bytes - self.appended)
+
+    def append(self, data: bytes) -> None:
+        """Rows another process copied and counted (a range-split chunk): bytes only."""
+        self._write(data)
+        self._hash(data)
+        self.bytes += len(data)
+        self.appended += len(data)
+
+
+class ChunkCoordinator(Protocol):
+    """Shares one table's COPY with other processes (see `common.split`)."""
+
+    def chunk_queries(self, conn: Connection, table: str, whole: sql.Composed) -> list[sql.Composed]: ...
+
+    def join(self, copy: Callable[[sql.Composed], int], append: Callable[[bytes], None]) -> int: ...
+
+
+def copy_query(source: sql.Composable, header: bool = True) -> sql.Composed:
+    options = "FORMAT csv, HEADER, ENCODING 'UTF8'" if header else "FORMAT csv, ENCODING 'UTF8'"
+    return sql.SQL("COPY {} TO STDOUT WITH ({})").format(source, sql.SQL(options))
+
+
+def copy_rows(conn: Connection, table: str, query: sql.Composed, out, header: bool) -> int:
+    """Run one COPY into `out` (which counts `records`); the rows it sent, checked."""
+    before = out.records
+    with conn.cursor() as cur:
+        cur.copy_expert(query, out)
+        server_rows = cur.rowcount
+    rows = out.records - before - (1 if header else 0)
+    if server_rows >= 0 and server_rows != rows:
+        raise BackupError(f"{table}: server sent {server_rows} rows, {rows} were written")
+    return rows
 
 
 def plan_copy(conn: Connection, table: str) -> tuple[sql.Composed, int | None]:
@@ -114,8 +148,7 @@ def plan_copy(conn: Connection, table: str) -> tuple[sql.Composed, int | None]:
         )
         row = cur.fetchone()
     source = name if row and row[0] == "r" else sql.SQL("(SELECT * FROM {})").format(name)
-    query = sql.SQL("COPY {} TO STDOUT WITH (FORMAT csv, HEADER, ENCODING 'UTF8')").format(source)
-    return query, (int(row[1]) if row and row[1] > 0 else None)
+    return copy_query(source), (int(row[1]) if row and row[1] > 0 else None)
 
 
 def backup_table(
@@ -127,6 +160,7 @@ def backup_table(
     on_progress: ProgressCallback | None = None,
     fingerprint: bool = False,
     replace: bool = False,
+    chunks: ChunkCoordinator | None = None,
 ) -> TableBackup:
     """Write `table` to `directory/{table}_{timestamp}.csv` (CSV, header, UTF-8).
 
@@ -134,6 +168,8 @@ def backup_table(
     collection ids the table holds or references (for the set's consistency check) and,
     with `fingerprint`, a content fingerprint that truncate compares with the table
     under its lock. `replace` lets a re-take supersede this set's own earlier file.
+    With `chunks`, this process copies the first block range and joins the others,
+    which other processes copy under this transaction's exported snapshot.
 
     Guarantees: the `.csv` exists only if every row was written, flushed and fsynced;
     the row count is exact; on any error the temp file is gone and a `BackupError`
@@ -173,12 +209,13 @@ def backup_table(
             compressing(out, settings.compression) as (sink, file_sha256),
         ):
             writer = _CountingWriter(sink, settings.progress_every, report)
-            with conn.cursor() as cur:
-                cur.copy_expert(query, writer)
-                server_rows = cur.rowcount
-            rows = writer.records - 1
-            if server_rows >= 0 and server_rows != rows:
-                raise BackupError(f"{table}: server sent {server_rows} rows, {rows} were written")
+            if chunks is None:
+                rows = copy_rows(conn, table, query, writer, header=True)
+            else:
+                queries = chunks.chunk_queries(conn, table, query)
+                rows = copy_rows(conn, table, queries[0], writer, header=True)
+                progress["step"] = "copying and joining chunks"
+                rows += chunks.join(lambda q: copy_rows(conn, table, q, writer, header=False), writer.append)
             if link:
                 progress["step"] = "reading collection ids"
                 collection_ids = snapshot_collection_ids(conn, table, link, ddl)
@@ -188,7 +225,8 @@ def backup_table(
             end_snapshot(conn)
             progress["step"] = "syncing and renaming"
         progress["step"] = "done"
-        report(rows, writer.bytes, done=True)
+        # Progress is what this process copied; other chunks report their own.
+        report(writer.records - 1, writer.bytes - writer.appended, done=True)
     except VectorBackupError:
         end_transaction_quietly(conn)
         raise

@@ -34,9 +34,18 @@ class VectorTableManagement:
     progress_every: int = 50_000
     truncate_lock_timeout_s: float = 30.0
     compression: str = "none"
+    # Range-split backup: each of these tables gets `split_workers` chord header tasks;
+    # above `split_min_mb` they copy block ranges in parallel under one snapshot.
+    split_tables: tuple[str, ...] = (EMBEDDING_TABLE,)
+    split_workers: int = 2
+    split_min_mb: float = 64.0
 
     def __post_init__(self) -> None:
         check_compression(self.compression)
+        if not 1 <= self.split_workers <= 16:
+            raise ConfigurationError("VECTOR_SPLIT_WORKERS must be between 1 and 16")
+        if self.split_min_mb < 0:
+            raise ConfigurationError("VECTOR_SPLIT_MIN_MB must be 0 or more")
         if not self.supported_tables:
             raise ConfigurationError("VECTOR_SUPPORTED_TABLES must name at least one table")
         unknown = [t for t in self.truncate_tables if t not in self.supported_tables]
@@ -146,6 +155,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             _number(env, "VECTOR_TRUNCATE_LOCK_TIMEOUT", defaults.truncate_lock_timeout_s, float)
         ),
         compression=env.get("VECTOR_BACKUP_COMPRESSION", defaults.compression),
+        split_tables=_tables(env, "VECTOR_SPLIT_TABLES", defaults.split_tables),
+        split_workers=int(_number(env, "VECTOR_SPLIT_WORKERS", defaults.split_workers)),
+        split_min_mb=float(_number(env, "VECTOR_SPLIT_MIN_MB", defaults.split_min_mb, float)),
     )
     runs = RunControl(
         redis_url=env.get("VECTOR_LOCK_REDIS_URL") or env.get("CELERY_BROKER_URL", RunControl.redis_url),

@@ -24,6 +24,7 @@ from common.exceptions import (
 from common.manifest import manifest_name, verify_set, write_manifest
 from common.run_lock import RunLock
 from common.run_result import RunRequest, VectorRunResult, aggregate_backups, verified_row_counts
+from common.split import SplitBoard, SplitJob, merge_parts, remove_parts
 from common.truncate import truncate_tables
 
 
@@ -33,10 +34,12 @@ def back_up_table(
     table: str,
     on_progress: ProgressCallback | None = None,
     lock: RunLock | None = None,
+    board: SplitBoard | None = None,
 ) -> TableBackup:
     """Back up `table` into the run's set; a failure is returned as the table's result.
 
-    Each progress report also renews the run lock, so a long copy keeps it.
+    Each progress report also renews the run lock, so a long copy keeps it. With a
+    `board`, this is one of the table's range-split tasks (`common.split`).
     """
     directory = settings.backup_directory(request["task_id"])
 
@@ -52,6 +55,19 @@ def back_up_table(
     # before its ack, and redelivered. Until the set has a manifest, that file is only a
     # leftover and the new attempt replaces it; a complete set is never overwritten.
     unfinished = not (directory / manifest_name(request["timestamp"])).exists()
+    if board is not None:
+        job = SplitJob(
+            settings.database,
+            board,
+            table,
+            directory,
+            request["timestamp"],
+            settings.vector,
+            report,
+            fingerprint,
+            replace=unfinished,
+        )
+        return job.run()
     return run_table_backup(
         settings.database,
         table,
@@ -72,7 +88,8 @@ def close_backup_set(
     The run lock is released here unless a truncate follows that still needs it.
     """
     directory = settings.backup_directory(request["task_id"])
-    result = aggregate_backups(request, tables, directory, settings.database.identity)
+    remove_parts(directory, request["timestamp"], settings.vector.backup_temp_suffix)
+    result = aggregate_backups(request, merge_parts(tables), directory, settings.database.identity)
     try:
         if not result["errors"]:
             _make_consistent(settings, result, lock)

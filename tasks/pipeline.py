@@ -83,13 +83,12 @@ def enqueue_vector_management(
         now=reserve_timestamp(client, settings, task_id, ttl),
     )
     final = workflow.freeze()
-    tables = zip(table_results(workflow), settings.vector.supported_tables, strict=True)
     record = {
         "run_id": run_id,
         "task_id": task_id,
         "truncate": truncate,
         "final": final.id,
-        "tables": {result.id: table for result, table in tables},
+        "tables": {result.id: table for result, table in table_results(workflow)},
     }
     # The record goes first, so whoever reads a claimed run id finds its record.
     client.set(run_key(run_id), json.dumps(record), ex=ttl)

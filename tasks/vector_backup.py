@@ -25,6 +25,7 @@ from common.run_lock import RunLock
 from common.run_result import RunRequest, VectorRunResult
 from common.run_steps import back_up_table, close_backup_set, truncate_after_backup
 from common.sizes import format_size
+from common.split import SplitBoard
 from worker import app
 
 
@@ -74,7 +75,15 @@ def backup_table(self, table: str, request: RunRequest) -> TableBackup:
         self.update_state(state="PROGRESS", meta=progress)
         self.send_event("task-progress", result=progress_line(progress), **progress)
 
-    return back_up_table(settings, request, table, on_progress=report, lock=lock)
+    board = None
+    if splits(settings, table):
+        board = SplitBoard(redis_client(settings.runs.redis_url), request["run_id"], table, self.request.id)
+    return back_up_table(settings, request, table, on_progress=report, lock=lock, board=board)
+
+
+def splits(settings: Settings, table: str) -> bool:
+    """Whether `table` gets several header tasks (range-split, `common.split`)."""
+    return settings.vector.split_workers > 1 and table in settings.vector.split_tables
 
 
 def progress_line(progress: dict) -> str:
@@ -135,14 +144,21 @@ def build_vector_workflow(
         truncate_requested=truncate,
         external_db=external_db,
     )
-    header = [backup_table.s(table, request) for table in settings.vector.supported_tables]
+    header = [
+        backup_table.s(table, request)
+        for table in settings.vector.supported_tables
+        for _ in range(settings.vector.split_workers if splits(settings, table) else 1)
+    ]
     workflow = chord(header, backup_vector_tables.s(request))
     if truncate:
         workflow = workflow | truncate_vector_tables.s()
     return workflow
 
 
-def table_results(workflow: Signature) -> list[AsyncResult]:
-    """The per-table backup results of a frozen workflow, to read their PROGRESS meta."""
+def table_results(workflow: Signature) -> list[tuple[AsyncResult, str]]:
+    """The header tasks of a frozen workflow and their tables, to read their PROGRESS meta.
+
+    A range-split table has several tasks; each reports what it copied itself.
+    """
     header = workflow.tasks
-    return [AsyncResult(task.id, app=app) for task in getattr(header, "tasks", header)]
+    return [(AsyncResult(task.id, app=app), task.args[0]) for task in getattr(header, "tasks", header)]

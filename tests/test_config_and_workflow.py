@@ -66,6 +66,8 @@ def test_parts_are_used_without_a_url():
         ({"VECTOR_PROGRESS_EVERY": "lots"}, "must be a number"),
         ({"VECTOR_BACKUP_DIRECTORY": "../elsewhere"}, "single directory name"),
         ({"VECTOR_DB_URL": "mysql://x@y/z"}, "must start with postgresql://"),
+        ({"VECTOR_SPLIT_WORKERS": "0"}, "between 1 and 16"),
+        ({"VECTOR_SPLIT_MIN_MB": "-1"}, "0 or more"),
     ],
 )
 def test_invalid_settings_are_clear_errors(env, message):
@@ -85,11 +87,22 @@ def test_nothing_requested_builds_nothing():
     assert build_vector_workflow("t", backup=False, truncate=False, settings=load_settings({})) is None
 
 
-def test_backup_only_is_the_chord_of_one_task_per_table():
+def test_backup_only_is_the_chord_of_a_task_per_table_and_per_split_worker():
     when = datetime(2025, 7, 20, 12, 10, 7)
     workflow = build_vector_workflow("t1", truncate=False, settings=load_settings({}), now=when)
     assert isinstance(workflow, chord)
-    assert [t.args[0] for t in workflow.tasks] == ["langchain_pg_collection", "langchain_pg_embedding"]
+    # The embedding table is range-split by default: one task per split worker.
+    assert [t.args[0] for t in workflow.tasks] == [
+        "langchain_pg_collection",
+        "langchain_pg_embedding",
+        "langchain_pg_embedding",
+    ]
+    single = build_vector_workflow("t1", settings=load_settings({"VECTOR_SPLIT_WORKERS": "1"}), now=when)
+    assert [t.args[0] for t in single.tasks] == ["langchain_pg_collection", "langchain_pg_embedding"]
+    three = load_settings({"VECTOR_SPLIT_WORKERS": "3", "VECTOR_SPLIT_TABLES": "langchain_pg_collection"})
+    assert [t.args[0] for t in build_vector_workflow("t1", settings=three, now=when).tasks] == [
+        "langchain_pg_collection"
+    ] * 3 + ["langchain_pg_embedding"]
     assert workflow.body.name == "vector.backup_vector_tables"
     request = workflow.body.args[0]
     assert len(request.pop("run_id")) == 32

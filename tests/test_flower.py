@@ -62,13 +62,17 @@ def test_flower_shows_a_running_backups_progress(flower, store, task_id, monkeyp
 
     workflow = build_vector_workflow(task_id, backup=True)
     workflow.freeze()
-    embedding_id = table_results(workflow)[-1].id  # header order = VECTOR_SUPPORTED_TABLES
+    # The embedding table has a task per range-split worker; whichever holds it copies.
+    embedding_ids = [
+        result.id for result, table in table_results(workflow) if table == "langchain_pg_embedding"
+    ]
     final = workflow.apply_async()
     seen = []
     while not final.ready():
-        status, info = get(f"{flower}/api/task/info/{embedding_id}")
-        if status == 200 and info.get("state") == "PROGRESS":
-            seen.append(info)
+        for embedding_id in embedding_ids:
+            status, info = get(f"{flower}/api/task/info/{embedding_id}")
+            if status == 200 and info.get("state") == "PROGRESS":
+                seen.append(info)
         time.sleep(0.05)
     final.get(timeout=30)
 

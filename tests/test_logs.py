@@ -65,7 +65,8 @@ def test_a_worker_with_log_format_json_writes_json_lines_without_secrets(store, 
     text = log.read_text()
     entries = json_lines(text)
     received = [e for e in entries if "vector.backup_table" in e["message"] and "received" in e["message"]]
-    assert len(received) == 2 and all(e["level"] == "INFO" for e in received)
+    # One task for the collection, two for the (range-split) embedding table.
+    assert len(received) == 3 and all(e["level"] == "INFO" for e in received)
     succeeded = [
         e for e in entries if "vector.backup_vector_tables[" in e["message"] and "succeeded" in e["message"]
     ]

@@ -7,7 +7,7 @@ from typing import Any
 from celery.result import AsyncResult
 
 from common.exceptions import BackupFailedError, RunFailedError, TruncateRefusedError
-from worker import app
+from tasks.progress import table_states
 
 # Per-table fields the seeds show; the manifest has the rest (columns, DDL, fingerprint).
 TABLE_FIELDS = (
@@ -64,15 +64,13 @@ def failure(exc: BaseException) -> tuple[str, str, dict[str, Any] | None]:
 def job_status(record: dict[str, Any], final: AsyncResult) -> dict[str, Any]:
     """State, per-table progress from the task meta, and the result or error."""
     tables = {}
-    for task_id, table in record["tables"].items():
-        part = AsyncResult(task_id, app=app)
-        info = part.info if isinstance(part.info, dict) else {}
-        if part.state == "PROGRESS":
+    for table, info in table_states(record).items():
+        if info["state"] == "PROGRESS":
             tables[table] = {"state": "PROGRESS", **{k: info.get(k) for k in PROGRESS_FIELDS}}
-        elif part.state == "SUCCESS":
+        elif info["state"] == "SUCCESS":
             tables[table] = {"state": "SUCCESS", **{k: info[k] for k in TABLE_FIELDS if k in info}}
         else:
-            tables[table] = {"state": part.state}
+            tables[table] = {"state": info["state"]}
     status = {
         "job_id": record["run_id"],
         "task_id": record.get("task_id"),

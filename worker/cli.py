@@ -184,13 +184,12 @@ def api(host, port, threads):
 
 def follow_run(run_id: str, timeout: float, as_json: bool) -> int:
     from tasks.pipeline import run_record, run_result
-    from worker import app
+    from tasks.progress import table_states
 
     record = run_record(run_id)
     if record is None:
         raise click.UsageError(f"unknown run {run_id} (never sent, or expired)")
     final = run_result(record)
-    tables = {task_id: app.AsyncResult(task_id) for task_id in record["tables"]}
     deadline = time.monotonic() + timeout
     with Progress(
         TextColumn("{task.description}"),
@@ -202,7 +201,8 @@ def follow_run(run_id: str, timeout: float, as_json: bool) -> int:
         transient=False,
     ) as progress:
         bars = {
-            tid: progress.add_task(name, total=None, note="waiting") for tid, name in record["tables"].items()
+            name: progress.add_task(name, total=None, note="waiting")
+            for name in dict.fromkeys(record["tables"].values())
         }
         while not final.ready():
             if time.monotonic() > deadline:
@@ -210,11 +210,11 @@ def follow_run(run_id: str, timeout: float, as_json: bool) -> int:
                     f"still running after {timeout:g}s; follow it with: python -m worker follow {run_id}"
                 )
                 return 1
-            for tid, result in tables.items():
-                update_bar(progress, bars[tid], result)
+            for table, state in table_states(record).items():
+                update_bar(progress, bars[table], state)
             time.sleep(0.25)
-        for tid, result in tables.items():
-            update_bar(progress, bars[tid], result)
+        for table, state in table_states(record).items():
+            update_bar(progress, bars[table], state)
     try:
         stats = final.get(timeout=5, propagate=True)
     except RunFailedError as exc:
@@ -227,8 +227,8 @@ def follow_run(run_id: str, timeout: float, as_json: bool) -> int:
     return 0
 
 
-def update_bar(progress: Progress, bar, result) -> None:
-    state, info = result.state, result.info if isinstance(result.info, dict) else {}
+def update_bar(progress: Progress, bar, info: dict) -> None:
+    state = info["state"]
     if state == "PROGRESS":
         progress.update(
             bar, total=info.get("total_estimate"), completed=info["rows"], note=format_size(info["bytes"])

@@ -1,0 +1,475 @@
+"""Range-split backup: one table copied by several processes under one snapshot, into one file.
+
+A single COPY is bound by the one server backend formatting the rows, so the way past
+`psql \\copy` is several backends at once. Each of a table's chord header tasks calls
+`split_backup`; the roles are decided at run time, so a pool of any size finishes:
+
+- the first task to arrive becomes the holder: it exports its REPEATABLE READ snapshot
+  (`pg_export_snapshot`, as `pg_dump -j` does), splits the table into block ranges
+  (`ctid`), streams the first range into the table's `.csv.tmp`, copies every range
+  nobody has claimed, then appends the ranges helpers wrote, hashing as it goes: one
+  file, header once, one sha256;
+- a task arriving while the holder's transaction is open imports the snapshot
+  (`SET TRANSACTION SNAPSHOT`) and claims ranges into part files.
+
+Nobody waits for a task that has not started: the holder copies what is unclaimed
+itself, so with one pool process it simply does the whole table. The holder waits only
+for ranges that running helpers claimed; a helper that stops beating is presumed dead
+and the holder, still inside the snapshot, copies its range again. A helper's error
+fails the table. A holder that dies is replaced: its redelivered task (or, once its
+heartbeat expires, any other task of the table) starts a new attempt from scratch.
+The coordination lives in Redis keys of the run, like the run lock.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import redis
+from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
+
+from common.backup import (
+    ProgressCallback,
+    TableBackup,
+    TableProgress,
+    backup_file_name,
+    backup_table,
+    copy_query,
+    copy_rows,
+)
+from common.config import VectorTableManagement
+from common.db import (
+    DatabaseTarget,
+    connect,
+    end_snapshot,
+    end_transaction_quietly,
+    first_line,
+    table_identifier,
+)
+from common.exceptions import BackupError, VectorBackupError
+
+KEY_TTL_S = 24 * 3600  # outlives any run; the keys hold no secret
+BEAT_TTL_S = 15.0
+BEAT_EVERY_S = 3.0
+READ_BLOCK = 1 << 20
+
+
+class Heartbeat:
+    """Keeps Redis keys alive from a thread while this process works (COPY releases the GIL)."""
+
+    def __init__(self, client: redis.Redis, *keys: str) -> None:
+        self._client, self._keys = client, list(keys)
+        self._stop = threading.Event()
+        self._beat()
+        self._thread = threading.Thread(target=self._run, name="split-heartbeat", daemon=True)
+        self._thread.start()
+
+    def add(self, key: str) -> None:
+        self._keys.append(key)
+        self._beat()
+
+    def _beat(self) -> None:
+        try:
+            with self._client.pipeline() as pipe:
+                for key in self._keys:
+                    pipe.set(key, 1, ex=int(BEAT_TTL_S))
+                pipe.execute()
+        except redis.RedisError:
+            pass  # a missed beat only makes the others presume this process dead: safe
+
+    def _run(self) -> None:
+        while not self._stop.wait(BEAT_EVERY_S):
+            self._beat()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class SplitBoard:
+    """The Redis keys through which one table's tasks share its backup."""
+
+    def __init__(self, client: redis.Redis, run_id: str, table: str, who: str) -> None:
+        self.client, self.who = client, who
+        self.prefix = f"vector:split:{run_id}:{table}"
+
+    def key(self, *parts: Any) -> str:
+        return ":".join([self.prefix, *map(str, parts)])
+
+    def elect(self) -> int | None:
+        """A new attempt number if this task is now the holder, else None.
+
+        The holder's key expires unless beaten; a redelivered holder finds its own name.
+        """
+        holder = self.key("holder")
+        if not self.client.set(holder, self.who, nx=True, ex=int(BEAT_TTL_S)):
+            current = self.client.get(holder)
+            if current is None or current.decode() != self.who:
+                return None
+            self.client.set(holder, self.who, ex=int(BEAT_TTL_S))
+        return int(self.client.incr(self.key("attempt")))
+
+    def publish(self, plan: dict[str, Any]) -> None:
+        self.client.set(self.key("plan"), json.dumps(plan), ex=KEY_TTL_S)
+
+    def plan(self) -> dict[str, Any] | None:
+        raw = self.client.get(self.key("plan"))
+        return json.loads(raw) if raw else None
+
+    def claim(self, attempt: int, chunk: int) -> bool:
+        if not self.client.set(self.key(attempt, "claim", chunk), self.who, nx=True, ex=KEY_TTL_S):
+            return False
+        self.client.set(self.key(attempt, "alive", chunk), 1, ex=int(BEAT_TTL_S))
+        return True
+
+    def alive(self, attempt: int, chunk: int) -> bool:
+        return bool(self.client.exists(self.key(attempt, "alive", chunk)))
+
+    def close(self, attempt: int) -> None:
+        """Every range is claimed: a task arriving now has nothing to do."""
+        self.client.set(self.key(attempt, "closed"), 1, ex=KEY_TTL_S)
+
+    def closed(self, attempt: int) -> bool:
+        return bool(self.client.exists(self.key(attempt, "closed")))
+
+    def finish(self, attempt: int, chunk: int, outcome: dict[str, Any]) -> None:
+        with self.client.pipeline() as pipe:
+            pipe.set(self.key(attempt, "done", chunk), json.dumps(outcome), ex=KEY_TTL_S)
+            pipe.rpush(self.key(attempt, "finished"), chunk)
+            pipe.expire(self.key(attempt, "finished"), KEY_TTL_S)
+            pipe.delete(self.key(attempt, "alive", chunk))
+            pipe.execute()
+
+    def next_finished(self, attempt: int, timeout: float) -> int | None:
+        popped = self.client.blpop([self.key(attempt, "finished")], timeout=timeout)
+        return int(popped[1]) if popped else None
+
+    def outcome(self, attempt: int, chunk: int) -> dict[str, Any] | None:
+        raw = self.client.get(self.key(attempt, "done", chunk))
+        return json.loads(raw) if raw else None
+
+    def settle(self, result: TableBackup) -> None:
+        """The table's result, success or failure: every later task of the table returns."""
+        self.client.set(self.key("result"), json.dumps({"holder": self.who, "result": result}), ex=KEY_TTL_S)
+
+    def settled(self) -> dict[str, Any] | None:
+        raw = self.client.get(self.key("result"))
+        return json.loads(raw) if raw else None
+
+
+def block_ranges(blocks: int, chunks: int) -> list[tuple[int, int | None]]:
+    """`chunks` ranges of block numbers [start, end); the last one is open-ended."""
+    bounds = [blocks * i // chunks for i in range(chunks)]
+    return [(start, bounds[i + 1] if i + 1 < chunks else None) for i, start in enumerate(bounds)]
+
+
+def range_query(table: str, start: int, end: int | None, header: bool) -> sql.Composed:
+    condition = sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({start},0)"))
+    if end is not None:
+        condition = sql.SQL("{} AND ctid < {}::tid").format(condition, sql.Literal(f"({end},0)"))
+    source = sql.SQL("(SELECT * FROM {} WHERE {})").format(table_identifier(table), condition)
+    return copy_query(source, header)
+
+
+def part_path(directory: Path, final_name: str, chunk: int, temp_suffix: str) -> Path:
+    return directory / f"{final_name}.part{chunk}{temp_suffix}"
+
+
+def remove_parts(directory: Path, timestamp: str, temp_suffix: str) -> None:
+    """Drop the part files a set's tasks left (a failed table, a presumed-dead helper)."""
+    for leftover in directory.glob(f"*_{timestamp}.csv*.part*{temp_suffix}"):
+        leftover.unlink(missing_ok=True)
+
+
+class Holder:
+    """The `ChunkCoordinator` of the task that owns the snapshot and the table's file."""
+
+    def __init__(
+        self, board: SplitBoard, attempt: int, workers: int, min_bytes: int, part: Callable[[int], Path]
+    ) -> None:
+        self.board, self.attempt, self.workers, self.min_bytes = board, attempt, workers, min_bytes
+        self.part = part
+        self.queries: list[sql.Composed] = []
+
+    def chunk_queries(self, conn: Connection, table: str, whole: sql.Composed) -> list[sql.Composed]:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT c.relkind, c.reltuples::bigint, pg_table_size(c.oid), "
+                "pg_relation_size(c.oid) / current_setting('block_size')::int, pg_export_snapshot() "
+                "FROM pg_class c WHERE c.oid = to_regclass(%s)",
+                (table_identifier(table).as_string(conn),),
+            )
+            row = cur.fetchone()
+        # A missing table is one chunk: its COPY raises the usual clear error.
+        relkind, estimate, size, blocks, snapshot = row or ("", 0, 0, 0, None)
+        chunks = self.workers if relkind == "r" and size >= self.min_bytes and blocks >= self.workers else 1
+        ranges = block_ranges(blocks, chunks)
+        if chunks == 1:
+            self.queries = [whole]
+        else:
+            self.queries = [range_query(table, s, e, header=i == 0) for i, (s, e) in enumerate(ranges)]
+        self.board.publish(
+            {
+                "attempt": self.attempt,
+                "snapshot": snapshot,
+                "ranges": ranges,
+                "total_estimate": estimate if estimate > 0 else None,
+            }
+        )
+        return self.queries
+
+    def join(self, copy: Callable[[sql.Composed], int], append: Callable[[bytes], None]) -> int:
+        """Copy every unclaimed range, then append the helpers' parts as they finish."""
+        board, attempt, rows = self.board, self.attempt, 0
+        others = set()
+        for chunk in range(1, len(self.queries)):
+            if board.claim(attempt, chunk):
+                rows += copy(self.queries[chunk])
+            else:
+                others.add(chunk)
+        board.close(attempt)
+        while others:
+            finished = board.next_finished(attempt, timeout=1.0)
+            if finished is None:
+                for chunk in sorted(others):
+                    if board.outcome(attempt, chunk) is None and not board.alive(attempt, chunk):
+                        # Its process is gone; the snapshot is still ours, so copy it here.
+                        rows += copy(self.queries[chunk])
+                        others.discard(chunk)
+                continue
+            if finished not in others:
+                continue
+            others.discard(finished)
+            outcome = board.outcome(attempt, finished) or {}
+            if "error" in outcome:
+                raise BackupError(outcome["error"])
+            rows += append_part(self.part(finished), append, outcome["rows"])
+        return rows
+
+
+def append_part(path: Path, append: Callable[[bytes], None], rows: int) -> int:
+    with open(path, "rb") as part:
+        while block := part.read(READ_BLOCK):
+            append(block)
+    path.unlink()
+    return rows
+
+
+class _PartWriter:
+    """Counts a part's rows (one `write` per row, as in `common.backup`) and reports them."""
+
+    def __init__(self, out, every: int, report: Callable[[int, int], None]) -> None:
+        self._write, self._every, self._report = out.write, every, report
+        self.records = self.bytes = 0
+        self._next = every
+
+    def write(self, data: bytes) -> None:
+        self._write(data)
+        self.records += 1
+        self.bytes += len(data)
+        if self.records == self._next:
+            self._next += self._every
+            self._report(self.records, self.bytes)
+
+
+def import_snapshot(conn: Connection, snapshot: str) -> bool:
+    """Join the holder's snapshot; False once its transaction has ended."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+        return True
+    except psycopg2.Error:
+        end_transaction_quietly(conn)
+        return False
+
+
+@dataclass
+class SplitJob:
+    """One of a range-split table's tasks; `run` plays whichever role is open to it."""
+
+    target: DatabaseTarget
+    board: SplitBoard
+    table: str
+    directory: Path
+    timestamp: str
+    settings: VectorTableManagement
+    on_progress: ProgressCallback | None = None
+    fingerprint: bool = False
+    replace: bool = False
+
+    def part(self, chunk: int) -> Path:
+        final_name = backup_file_name(self.table, self.timestamp, self.settings.compression)
+        return part_path(self.directory, final_name, chunk, self.settings.backup_temp_suffix)
+
+    def run(self) -> TableBackup:
+        """The table's result if this task held it, else a part result (`part: True`, the
+        rows this task copied); `merge_parts` folds them into one result per table."""
+        started = time.time()
+        try:
+            conn = connect(self.target)
+        except VectorBackupError as exc:
+            return _failed(self.table, self.target.redact(str(exc)), started)
+        try:
+            return self._play(conn, started)
+        except VectorBackupError as exc:
+            return _failed(self.table, self.target.redact(str(exc)), started)
+        except redis.RedisError as exc:
+            error = f"{self.table}: lost the run's Redis while sharing the backup: {first_line(exc)}"
+            return _failed(self.table, error, started)
+        finally:
+            conn.close()
+
+    def _play(self, conn: Connection, started: float) -> TableBackup:
+        board = self.board
+        while True:
+            settled = board.settled()
+            if settled is not None:
+                # A redelivered holder hands on the result it settled before it died.
+                mine = settled["holder"] == board.who
+                return settled["result"] if mine else _part(self.table, 0, 0, started)
+            attempt = board.elect()
+            if attempt is not None:
+                return self._hold(conn, attempt, started)
+            plan = board.plan()
+            if plan is not None:
+                if len(plan["ranges"]) == 1 or board.closed(plan["attempt"]):
+                    return _part(self.table, 0, 0, started)
+                rows = self._help(conn, plan)
+                if rows is not None:
+                    return _part(self.table, *rows, started)
+            # The holder is publishing its plan, or died and its key has yet to expire.
+            time.sleep(0.05)
+
+    def _hold(self, conn: Connection, attempt: int, started: float) -> TableBackup:
+        settings, table = self.settings, self.table
+        holder = Holder(
+            self.board, attempt, settings.split_workers, int(settings.split_min_mb * 2**20), self.part
+        )
+        beat = Heartbeat(self.board.client, self.board.key("holder"))
+        try:
+            try:
+                result = backup_table(
+                    conn,
+                    table,
+                    self.directory,
+                    self.timestamp,
+                    settings,
+                    self.on_progress,
+                    self.fingerprint,
+                    self.replace,
+                    chunks=holder,
+                )
+            except VectorBackupError as exc:
+                result = _failed(table, self.target.redact(str(exc)), started, part=False)
+            except Exception as exc:  # noqa: BLE001 - any surprise is still this table's failure
+                error = f"{table}: unexpected {type(exc).__name__}: {first_line(exc)}"
+                result = _failed(table, self.target.redact(error), started, part=False)
+            self.board.settle(result)
+            return result
+        finally:
+            beat.stop()
+
+    def _help(self, conn: Connection, plan: dict[str, Any]) -> tuple[int, int] | None:
+        """Claim and copy ranges into part files; None if the snapshot could not be joined."""
+        if not import_snapshot(conn, plan["snapshot"]):
+            return None
+        board, table, attempt, ranges = self.board, self.table, plan["attempt"], plan["ranges"]
+        rows = written = 0
+
+        def report(chunk_rows: int, chunk_bytes: int) -> None:
+            if self.on_progress is not None:
+                self.on_progress(
+                    TableProgress(
+                        table=table,
+                        step="copying a chunk",
+                        rows=rows + chunk_rows,
+                        total_estimate=plan.get("total_estimate"),
+                        bytes=written + chunk_bytes,
+                        percent=None,
+                    )
+                )
+
+        beat = None
+        try:
+            for chunk in range(1, len(ranges)):
+                if not board.claim(attempt, chunk):
+                    continue
+                beat = beat or Heartbeat(board.client)
+                beat.add(board.key(attempt, "alive", chunk))
+                records, size = self._copy_part(conn, plan, chunk, report)
+                rows, written = rows + records, written + size
+            end_snapshot(conn)
+        finally:
+            if beat is not None:
+                beat.stop()
+        report(0, 0)
+        return rows, written
+
+    def _copy_part(self, conn: Connection, plan: dict[str, Any], chunk: int, report) -> tuple[int, int]:
+        board, table, ranges, path = self.board, self.table, plan["ranges"], self.part(chunk)
+        try:
+            with open(path, "wb") as out:
+                writer = _PartWriter(out, self.settings.progress_every, report)
+                copy_rows(conn, table, range_query(table, *ranges[chunk], header=False), writer, header=False)
+        except (psycopg2.Error, OSError, VectorBackupError) as exc:
+            path.unlink(missing_ok=True)
+            end_transaction_quietly(conn)
+            error = f"{table}: chunk {chunk + 1} of {len(ranges)} failed: {first_line(exc)}"
+            board.finish(plan["attempt"], chunk, {"error": error})
+            raise BackupError(error) from exc
+        board.finish(plan["attempt"], chunk, {"rows": writer.records})
+        return writer.records, writer.bytes
+
+
+def merge_parts(tables: list[TableBackup]) -> list[TableBackup]:
+    """One result per table from a chord header that may hold several tasks per table.
+
+    The holder's result stands for its table. Without one (its task was lost and never
+    redelivered), the table failed: a helper's error if there is one, else a lost holder.
+    """
+    merged: dict[str, TableBackup] = {}
+    for name in dict.fromkeys(t["table"] for t in tables):
+        entries = [t for t in tables if t["table"] == name]
+        whole = [t for t in entries if not t.get("part")]
+        errors = [t for t in entries if not t.get("success")]
+        if whole:
+            merged[name] = whole[0]
+        elif errors:
+            merged[name] = {**errors[0], "part": False}
+        else:
+            lost = f"{name}: the task holding its range-split backup was lost; run the backup again"
+            merged[name] = _failed(name, lost, min(t["started_at"] for t in entries), part=False)
+    return list(merged.values())
+
+
+def _part(table: str, rows: int, written: int, started: float) -> TableBackup:
+    return TableBackup(
+        table=table,
+        success=True,
+        part=True,
+        row_count=rows,
+        csv_bytes=written,
+        duration=round(time.time() - started, 3),
+        started_at=started,
+    )
+
+
+def _failed(table: str, error: str, started: float, part: bool = True) -> TableBackup:
+    return TableBackup(
+        table=table,
+        success=False,
+        part=part,
+        row_count=0,
+        error=error,
+        duration=round(time.time() - started, 3),
+        started_at=started,
+    )

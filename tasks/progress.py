@@ -1,0 +1,50 @@
+"""Where each table of a run stands, read from its header tasks' result meta.
+
+A range-split table has several tasks, each reporting the rows it copied itself; their
+sum is the table's progress, and the holder's result, once in, is the table's result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.result import AsyncResult
+
+from worker import app
+
+RUNNING = ("PROGRESS", "RETRY", "STARTED")
+
+
+def table_states(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{table: {"state": ..., and the PROGRESS meta or the table's result}} for a run record."""
+    tasks: dict[str, list[tuple[str, dict]]] = {}
+    for task_id, table in record["tables"].items():
+        result = AsyncResult(task_id, app=app)
+        info = result.info if isinstance(result.info, dict) else {}
+        tasks.setdefault(table, []).append((result.state, info))
+    return {table: fold(entries) for table, entries in tasks.items()}
+
+
+def fold(entries: list[tuple[str, dict]]) -> dict[str, Any]:
+    whole = [info for state, info in entries if state == "SUCCESS" and not info.get("part")]
+    if whole:
+        return {"state": "SUCCESS", **whole[0]}
+    failed = [info for state, info in entries if state == "SUCCESS" and not info.get("success")]
+    if failed and all(state == "SUCCESS" for state, _ in entries):
+        return {"state": "SUCCESS", **failed[0], "part": False}
+    copying = [info for state, info in entries if state == "PROGRESS"]
+    if not copying:
+        states = [state for state, _ in entries]
+        return {"state": next((s for s in RUNNING if s in states), states[0])}
+    done = [info for state, info in entries if state == "SUCCESS"]
+    rows = sum(info["rows"] for info in copying) + sum(info.get("row_count", 0) for info in done)
+    total = max((info.get("total_estimate") or 0 for info in copying), default=0) or None
+    return {
+        "state": "PROGRESS",
+        "table": copying[0]["table"],
+        "step": copying[0]["step"],
+        "rows": rows,
+        "total_estimate": total,
+        "bytes": sum(info["bytes"] for info in copying) + sum(info.get("csv_bytes", 0) for info in done),
+        "percent": min(99.9, round(100.0 * rows / total, 1)) if total else None,
+    }
