@@ -1,0 +1,204 @@
+"""Range-split backup (`common.split`) against real PostgreSQL and Redis: one table copied
+by several tasks under one exported snapshot into one file, equal row for row to the
+single-stream backup; a pool of one process finishes alone; a failed chunk fails the
+table; a dead helper's range is copied again; a redelivered holder starts over; and the
+whole chain through a real `celery -A worker worker -c 2`."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from common.backup import backup_table
+from common.config import load_settings
+from common.manifest import verify_set
+from common.split import SplitBoard, SplitJob, merge_parts
+from tests.test_faults import final_state, send_truncate_run, worker_env
+from tests.test_processes import isolated
+from tests.test_worker_killed import start_worker, stop
+from worker.sample_store import add_awkward_rows, add_bulk_rows, count_rows
+
+EMBEDDING = "langchain_pg_embedding"
+TS = "20260101_000000"
+
+
+class Died(BaseException):
+    """Stands for a SIGKILL: escapes every handler, as a killed process would."""
+
+
+def split_settings(**changes):
+    return dataclasses.replace(load_settings().vector, split_min_mb=0, progress_every=1000, **changes)
+
+
+def make_job(services, directory: Path, run_id: str, who: str, vector, on_progress=None) -> SplitJob:
+    client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
+    board = SplitBoard(client, run_id, EMBEDDING, who)
+    return SplitJob(load_settings().database, board, EMBEDDING, directory, TS, vector, on_progress)
+
+
+def records(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def wait_for(check, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def run_in_thread(job: SplitJob) -> tuple[threading.Thread, list]:
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(job.run()))
+    thread.start()
+    return thread, out
+
+
+@pytest.fixture
+def filled(store):
+    add_awkward_rows(store.conn, store.kind, store.collection_id)
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 30_000, dim=64)
+    return store
+
+
+def holder_waiting_for_a_helper(services, directory, run_id, vector):
+    """A holder that, at its first progress report, waits until chunk 2 has been claimed."""
+    waited = []
+
+    def hold_on(progress):
+        if not waited:
+            waited.append(True)
+            key = f"vector:split:{run_id}:{EMBEDDING}:1:claim:1"
+            wait_for(lambda: client.exists(key))
+
+    client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
+    holder = make_job(services, directory, run_id, "task-a", vector, hold_on)
+    thread, out = run_in_thread(holder)
+    wait_for(lambda: client.get(holder.board.key("plan")))
+    return thread, out
+
+
+def test_a_split_backup_is_one_file_equal_row_for_row_to_a_single_stream_backup(filled, services, tmp_path):
+    vector, run_id = split_settings(), uuid.uuid4().hex
+    holder_thread, held = holder_waiting_for_a_helper(services, tmp_path / "split", run_id, vector)
+    helped = make_job(services, tmp_path / "split", run_id, "task-b", vector).run()
+    holder_thread.join(60)
+    [table] = merge_parts([held[0], helped])
+    single = backup_table(filled.conn, EMBEDDING, tmp_path / "single", TS, vector)
+
+    assert table["success"] and not table.get("part"), table
+    assert helped["part"] and helped["success"] and helped["row_count"] > 0, helped
+    total = count_rows(filled.conn, EMBEDDING)
+    assert table["row_count"] == single["row_count"] == total
+    path = tmp_path / "split" / table["backup_file"]
+    split_rows, single_rows = records(path), records(tmp_path / "single" / single["backup_file"])
+    assert split_rows[0] == single_rows[0] and split_rows[0] not in split_rows[1:]  # header once
+    assert sorted(split_rows[1:]) == sorted(single_rows[1:])
+    assert table["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert table["file_size_bytes"] == path.stat().st_size
+    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == [path.name]
+
+
+def test_one_pool_process_does_the_whole_table_alone_and_later_tasks_have_nothing_to_do(
+    filled, services, tmp_path
+):
+    vector, run_id = split_settings(split_workers=3), uuid.uuid4().hex
+    first = make_job(services, tmp_path, run_id, "task-a", vector).run()
+    later = [make_job(services, tmp_path, run_id, f"task-{n}", vector).run() for n in "bc"]
+
+    assert first["success"] and not first.get("part")
+    assert first["row_count"] == count_rows(filled.conn, EMBEDDING)
+    assert all(p["part"] and p["success"] and p["row_count"] == 0 for p in later), later
+    assert merge_parts([*later, first]) == [first]
+
+
+def test_a_failed_chunk_fails_the_table_and_leaves_nothing(filled, services, tmp_path):
+    vector, run_id = split_settings(), uuid.uuid4().hex
+
+    def disk_full(progress):
+        raise OSError(28, "No space left on device")
+
+    holder_thread, held = holder_waiting_for_a_helper(services, tmp_path, run_id, vector)
+    helped = make_job(services, tmp_path, run_id, "task-b", vector, disk_full).run()
+    holder_thread.join(60)
+    [table] = merge_parts([helped, held[0]])
+
+    message = f"{EMBEDDING}: chunk 2 of 2 failed: [Errno 28] No space left on device"
+    assert not helped["success"] and message in helped["error"]
+    assert not table["success"] and message in table["error"] and not table["part"], table
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dead_helpers_range_is_copied_by_the_holder(filled, services, tmp_path):
+    vector, run_id = split_settings(), uuid.uuid4().hex
+    client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
+    ghost = SplitBoard(client, run_id, EMBEDDING, "ghost")
+
+    def a_helper_claims_chunk_2_and_dies(progress):
+        if ghost.claim(1, 1):
+            client.delete(ghost.key(1, "alive", 1))  # no heartbeat: its process is gone
+
+    started = time.monotonic()
+    table = make_job(services, tmp_path, run_id, "task-a", vector, a_helper_claims_chunk_2_and_dies).run()
+
+    assert client.get(ghost.key(1, "claim", 1)) == b"ghost"
+    assert table["success"] and table["row_count"] == count_rows(filled.conn, EMBEDDING), table
+    assert time.monotonic() - started < 15
+    single = backup_table(filled.conn, EMBEDDING, tmp_path / "single", TS, vector)
+    split_rows = records(tmp_path / table["backup_file"])
+    assert sorted(split_rows[1:]) == sorted(records(tmp_path / "single" / single["backup_file"])[1:])
+
+
+def test_a_redelivered_holder_starts_a_new_attempt_and_finishes(filled, services, tmp_path):
+    vector, run_id = split_settings(), uuid.uuid4().hex
+
+    def die(progress):
+        raise Died
+
+    with pytest.raises(Died):
+        make_job(services, tmp_path, run_id, "task-a", vector, die).run()
+    again = make_job(services, tmp_path, run_id, "task-a", vector).run()  # same task id: redelivered
+    helper = make_job(services, tmp_path, run_id, "task-b", vector).run()
+
+    assert again["success"] and again["row_count"] == count_rows(filled.conn, EMBEDDING), again
+    assert helper["part"] and helper["row_count"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [again["backup_file"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_a_truncate_run_with_a_range_split_table_through_a_real_worker(
+    store, services, task_id, task_root, tmp_path
+):
+    rows = 200_000
+    add_bulk_rows(store.conn, store.kind, store.collection_id, rows, dim=64)
+    env = {**worker_env(isolated(services["CELERY_BROKER_URL"], 8)), "VECTOR_SPLIT_MIN_MB": "0"}
+    worker = start_worker(env, tmp_path / "worker.log")  # two pool processes
+    try:
+        final = final_state(send_truncate_run(env, task_id, 120))
+        pool = psutil.Process(worker.pid).children()
+    finally:
+        stop(worker)
+
+    assert final["state"] == "SUCCESS", final
+    assert len(pool) == 2
+    directory = task_root / task_id / "vector_bak"
+    manifest = verify_set(directory / final["outcome"]["manifest"])
+    assert manifest["tables"][EMBEDDING]["rows"] == rows
+    assert count_rows(store.conn, EMBEDDING) == 0
+    assert not [p for p in directory.iterdir() if ".part" in p.name or p.name.endswith(".tmp")]
+    log = (tmp_path / "worker.log").read_text()
+    assert log.count("succeeded in") >= 3
+    # The second pool process copied a range of its own.
+    assert re.search(r"'part': True, 'row_count': [1-9]", log), log[-3000:]
