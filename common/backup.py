@@ -34,6 +34,8 @@ from common.ddl import table_definition
 from common.exceptions import BackupError, VectorBackupError
 from common.sizes import format_size
 
+READ_BLOCK = 1 << 20
+
 
 class TableProgress(TypedDict):
     table: str
@@ -101,12 +103,14 @@ class _CountingWriter:
             self._next_report += self._every
             self._report(self.records - 1, self.bytes - self.appended)
 
-    def append(self, data: bytes) -> None:
-        """Rows another process copied and counted (a range-split chunk): bytes only."""
-        self._write(data)
-        self._hash(data)
-        self.bytes += len(data)
-        self.appended += len(data)
+    def append_file(self, path: Path) -> None:
+        """Rows another process copied and counted (a range-split chunk), appended in order."""
+        with open(path, "rb") as part:
+            while block := part.read(READ_BLOCK):
+                self._write(block)
+                self._hash(block)
+                self.bytes += len(block)
+                self.appended += len(block)
 
 
 class ChunkCoordinator(Protocol):
@@ -114,7 +118,7 @@ class ChunkCoordinator(Protocol):
 
     def chunk_queries(self, conn: Connection, table: str, whole: sql.Composed) -> list[sql.Composed]: ...
 
-    def join(self, copy: Callable[[sql.Composed], int], append: Callable[[bytes], None]) -> int: ...
+    def join(self, copy: Callable[[sql.Composed], int], append_file: Callable[[Path], None]) -> int: ...
 
 
 def copy_query(source: sql.Composable, header: bool = True) -> sql.Composed:
@@ -215,7 +219,9 @@ def backup_table(
                 queries = chunks.chunk_queries(conn, table, query)
                 rows = copy_rows(conn, table, queries[0], writer, header=True)
                 progress["step"] = "copying and joining chunks"
-                rows += chunks.join(lambda q: copy_rows(conn, table, q, writer, header=False), writer.append)
+                rows += chunks.join(
+                    lambda q: copy_rows(conn, table, q, writer, header=False), writer.append_file
+                )
             if link:
                 progress["step"] = "reading collection ids"
                 collection_ids = snapshot_collection_ids(conn, table, link, ddl)

@@ -51,7 +51,7 @@ def run_lock(settings: Settings, run_id: str) -> RunLock:
 
 
 @app.task(name="vector.backup_table", bind=True, max_retries=None)
-def backup_table(self, table: str, request: RunRequest) -> TableBackup:
+def backup_table(self, table: str, request: RunRequest, split: bool = False) -> TableBackup:
     settings = run_settings(request)
     lock = run_lock(settings, request["run_id"])
     if not lock.acquire():
@@ -76,7 +76,7 @@ def backup_table(self, table: str, request: RunRequest) -> TableBackup:
         self.send_event("task-progress", result=progress_line(progress), **progress)
 
     board = None
-    if splits(settings, table):
+    if split:  # one of the table's range-split tasks (decided when the run was built)
         board = SplitBoard(redis_client(settings.runs.redis_url), request["run_id"], table, self.request.id)
     return back_up_table(settings, request, table, on_progress=report, lock=lock, board=board)
 
@@ -144,11 +144,11 @@ def build_vector_workflow(
         truncate_requested=truncate,
         external_db=external_db,
     )
-    header = [
-        backup_table.s(table, request)
-        for table in settings.vector.supported_tables
-        for _ in range(settings.vector.split_workers if splits(settings, table) else 1)
-    ]
+    header = []
+    for table in settings.vector.supported_tables:
+        split = splits(settings, table)
+        tasks = settings.vector.split_workers if split else 1
+        header += [backup_table.s(table, request, split=split) for _ in range(tasks)]
     workflow = chord(header, backup_vector_tables.s(request))
     if truncate:
         workflow = workflow | truncate_vector_tables.s()

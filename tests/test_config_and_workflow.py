@@ -97,6 +97,8 @@ def test_backup_only_is_the_chord_of_a_task_per_table_and_per_split_worker():
         "langchain_pg_embedding",
         "langchain_pg_embedding",
     ]
+    assert [t.kwargs.get("split") for t in workflow.tasks] == [False, True, True]
+    assert len({t.freeze().id for t in workflow.tasks}) == 3
     single = build_vector_workflow("t1", settings=load_settings({"VECTOR_SPLIT_WORKERS": "1"}), now=when)
     assert [t.args[0] for t in single.tasks] == ["langchain_pg_collection", "langchain_pg_embedding"]
     three = load_settings({"VECTOR_SPLIT_WORKERS": "3", "VECTOR_SPLIT_TABLES": "langchain_pg_collection"})

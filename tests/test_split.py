@@ -20,9 +20,10 @@ import pytest
 import redis
 
 from common.backup import backup_table
+from common.compression import open_text
 from common.config import load_settings
 from common.manifest import verify_set
-from common.split import SplitBoard, SplitJob, merge_parts
+from common.split import SplitBoard, SplitJob, holder_chunks, merge_parts
 from tests.test_faults import final_state, send_truncate_run, worker_env
 from tests.test_processes import isolated
 from tests.test_worker_killed import start_worker, stop
@@ -40,14 +41,17 @@ def split_settings(**changes):
     return dataclasses.replace(load_settings().vector, split_min_mb=0, progress_every=1000, **changes)
 
 
-def make_job(services, directory: Path, run_id: str, who: str, vector, on_progress=None) -> SplitJob:
+def make_job(
+    services, directory: Path, run_id: str, who: str, vector, on_progress=None, inner_helper=True
+) -> SplitJob:
     client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
     board = SplitBoard(client, run_id, EMBEDDING, who)
-    return SplitJob(load_settings().database, board, EMBEDDING, directory, TS, vector, on_progress)
+    target = load_settings().database
+    return SplitJob(target, board, EMBEDDING, directory, TS, vector, on_progress, inner_helper=inner_helper)
 
 
 def records(path: Path) -> list[list[str]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_text(path) as f:
         return list(csv.reader(f))
 
 
@@ -73,24 +77,27 @@ def filled(store):
 
 
 def holder_waiting_for_a_helper(services, directory, run_id, vector):
-    """A holder that, at its first progress report, waits until chunk 2 has been claimed."""
+    """A holder that, at its first progress report, waits until a helper claimed its first range."""
     waited = []
 
     def hold_on(progress):
         if not waited:
             waited.append(True)
-            key = f"vector:split:{run_id}:{EMBEDDING}:1:claim:1"
+            key = holder.board.key(1, "claim", holder.board.plan()["helpers_from"])
             wait_for(lambda: client.exists(key))
 
     client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
-    holder = make_job(services, directory, run_id, "task-a", vector, hold_on)
+    holder = make_job(services, directory, run_id, "task-a", vector, hold_on, inner_helper=False)
     thread, out = run_in_thread(holder)
     wait_for(lambda: client.get(holder.board.key("plan")))
     return thread, out
 
 
-def test_a_split_backup_is_one_file_equal_row_for_row_to_a_single_stream_backup(filled, services, tmp_path):
-    vector, run_id = split_settings(), uuid.uuid4().hex
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_a_split_backup_is_one_file_equal_row_for_row_to_a_single_stream_backup(
+    filled, services, tmp_path, compression
+):
+    vector, run_id = split_settings(compression=compression), uuid.uuid4().hex
     holder_thread, held = holder_waiting_for_a_helper(services, tmp_path / "split", run_id, vector)
     helped = make_job(services, tmp_path / "split", run_id, "task-b", vector).run()
     holder_thread.join(60)
@@ -123,6 +130,26 @@ def test_one_pool_process_does_the_whole_table_alone_and_later_tasks_have_nothin
     assert merge_parts([*later, first]) == [first]
 
 
+def test_the_holder_copies_ranges_from_a_thread_of_its_own_while_it_streams_the_first(
+    filled, services, tmp_path
+):
+    vector, run_id = split_settings(), uuid.uuid4().hex
+    seen = []
+
+    def first_report(progress):
+        if not seen:  # the holder stands still here; only its own helper thread can write parts
+            wait_for(lambda: any(".part" in p.name for p in tmp_path.iterdir()))
+            seen.append(True)
+
+    table = make_job(services, tmp_path, run_id, "task-a", vector, first_report).run()
+
+    assert seen and table["success"] and table["row_count"] == count_rows(filled.conn, EMBEDDING), table
+    assert sorted(p.name for p in tmp_path.iterdir()) == [table["backup_file"]]
+    single = backup_table(filled.conn, EMBEDDING, tmp_path / "single", TS, vector)
+    split_rows = records(tmp_path / table["backup_file"])
+    assert sorted(split_rows[1:]) == sorted(records(tmp_path / "single" / single["backup_file"])[1:])
+
+
 def test_a_failed_chunk_fails_the_table_and_leaves_nothing(filled, services, tmp_path):
     vector, run_id = split_settings(), uuid.uuid4().hex
 
@@ -134,10 +161,18 @@ def test_a_failed_chunk_fails_the_table_and_leaves_nothing(filled, services, tmp
     holder_thread.join(60)
     [table] = merge_parts([helped, held[0]])
 
-    message = f"{EMBEDDING}: chunk 2 of 2 failed: [Errno 28] No space left on device"
+    plan = SplitBoard(redis.Redis.from_url(services["CELERY_BROKER_URL"]), run_id, EMBEDDING, "").plan()
+    chunk, chunks = plan["helpers_from"] + 1, len(plan["ranges"])
+    message = f"{EMBEDDING}: chunk {chunk} of {chunks} failed: [Errno 28] No space left on device"
     assert not helped["success"] and message in helped["error"]
     assert not table["success"] and message in table["error"] and not table["part"], table
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_holder_takes_the_smaller_share_because_it_also_appends_the_helpers_parts():
+    assert holder_chunks(16, 2) == 6  # 3/8 of the table, then 10 parts to append
+    assert holder_chunks(24, 3) == 2
+    assert holder_chunks(32, 4) == 1  # appending is all it has time for
 
 
 def test_a_dead_helpers_range_is_copied_by_the_holder(filled, services, tmp_path):
@@ -150,7 +185,8 @@ def test_a_dead_helpers_range_is_copied_by_the_holder(filled, services, tmp_path
             client.delete(ghost.key(1, "alive", 1))  # no heartbeat: its process is gone
 
     started = time.monotonic()
-    table = make_job(services, tmp_path, run_id, "task-a", vector, a_helper_claims_chunk_2_and_dies).run()
+    dies = a_helper_claims_chunk_2_and_dies
+    table = make_job(services, tmp_path, run_id, "task-a", vector, dies, inner_helper=False).run()
 
     assert client.get(ghost.key(1, "claim", 1)) == b"ghost"
     assert table["success"] and table["row_count"] == count_rows(filled.conn, EMBEDDING), table

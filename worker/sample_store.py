@@ -118,10 +118,22 @@ def add_awkward_rows(conn: Connection, kind: str, collection_id: str, schema: st
 
 
 def add_bulk_rows(
-    conn: Connection, kind: str, collection_id: str, count: int, dim: int = 8, schema: str = "public"
+    conn: Connection,
+    kind: str,
+    collection_id: str,
+    count: int,
+    dim: int = 8,
+    schema: str = "public",
+    random_vectors: bool = False,
 ) -> None:
-    """`count` generated rows with `dim`-dimensional vectors, inserted server-side."""
+    """`count` generated rows with `dim`-dimensional vectors, inserted server-side.
+
+    `random_vectors` gives each row its own random components, like real embeddings
+    (they cost the same to format, but compress as real ones do); the default repeats.
+    """
     vector = f"array_fill(mod(g, 97)::real / 7, ARRAY[{dim}])::vector"
+    if random_vectors:  # the reference to `g` makes PostgreSQL evaluate the subquery per row
+        vector = f"(SELECT array_agg((random() + 0 * g * i)::real) FROM generate_series(1, {dim}) i)::vector"
     key = "id" if kind == "langchain_postgres" else "uuid"
     key_value = "'row-' || g" if kind == "langchain_postgres" else "gen_random_uuid()"
     with conn.cursor() as cur:
