@@ -7,6 +7,7 @@ them, embedded servers are started for the session.
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from worker.celery_app import release_pending_results
 from worker.embedded import start_postgres, start_redis
 from worker.sample_store import add_collection, create_store, drop_store
 
@@ -54,6 +56,9 @@ def services(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    # Results still subscribed to would unsubscribe at exit, against a stopped Redis.
+    gc.collect()
+    release_pending_results()
     for server in reversed(started):
         server.stop()
 
