@@ -207,8 +207,9 @@ def range_query(table: str, start: int, end: int | None, header: bool) -> sql.Co
     return copy_query(source, header)
 
 
-def part_path(directory: Path, final_name: str, chunk: int, temp_suffix: str) -> Path:
-    return directory / f"{final_name}.part{chunk}{temp_suffix}"
+def part_path(directory: Path, final_name: str, attempt: int, chunk: int, temp_suffix: str) -> Path:
+    # The attempt in the name: an earlier attempt's helper may still be writing its part.
+    return directory / f"{final_name}.part{attempt}-{chunk}{temp_suffix}"
 
 
 def remove_parts(directory: Path, timestamp: str, temp_suffix: str) -> None:
@@ -226,7 +227,7 @@ class Holder:
         attempt: int,
         workers: int,
         min_bytes: int,
-        part: Callable[[int], Path],
+        part: Callable[[int, int], Path],
         on_plan: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.board, self.attempt, self.workers, self.min_bytes = board, attempt, workers, min_bytes
@@ -290,8 +291,9 @@ class Holder:
             board.wait_for_finish(attempt, timeout=1.0)
         if "error" in outcome:
             raise BackupError(outcome["error"])
-        append_file(self.part(chunk))
-        self.part(chunk).unlink()
+        part = self.part(attempt, chunk)
+        append_file(part)
+        part.unlink()
         return outcome["rows"]
 
 
@@ -341,9 +343,9 @@ class SplitJob:
     # time, and a thread waiting on its COPY socket holds no GIL.
     inner_helper: bool = True
 
-    def part(self, chunk: int) -> Path:
+    def part(self, attempt: int, chunk: int) -> Path:
         final_name = backup_file_name(self.table, self.timestamp, self.settings.compression)
-        return part_path(self.directory, final_name, chunk, self.settings.backup_temp_suffix)
+        return part_path(self.directory, final_name, attempt, chunk, self.settings.backup_temp_suffix)
 
     def run(self) -> TableBackup:
         """The table's result if this task held it, else a part result (`part: True`, the
@@ -416,10 +418,12 @@ class SplitJob:
                 error = f"{table}: unexpected {type(exc).__name__}: {first_line(exc)}"
                 result = _failed(table, self.target.redact(error), started, part=False)
             for thread in inner:
-                thread.join()
+                thread.join()  # before the result: no part may appear after the set is closed
             self.board.settle(result)
             return result
         finally:
+            for thread in inner:
+                thread.join()
             beat.stop()
 
     def _help_inside(self, plan: dict[str, Any]) -> None:
@@ -472,7 +476,7 @@ class SplitJob:
         return rows, written
 
     def _copy_part(self, conn: Connection, plan: dict[str, Any], chunk: int, report) -> tuple[int, int]:
-        board, table, ranges, path = self.board, self.table, plan["ranges"], self.part(chunk)
+        board, table, ranges, path = self.board, self.table, plan["ranges"], self.part(plan["attempt"], chunk)
         try:
             with open(path, "wb") as out:
                 writer = _PartWriter(out, self.settings.progress_every, report)

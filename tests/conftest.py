@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from celery.result import AsyncResult
 
 from worker.celery_app import release_pending_results
 from worker.embedded import start_postgres, start_redis
@@ -56,9 +57,11 @@ def services(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    # Results still subscribed to would unsubscribe at exit, against a stopped Redis.
+    # Results still subscribed to would unsubscribe at exit, against a stopped Redis,
+    # retrying for 20 s. Unsubscribe now; results collected later have nothing left to do.
     gc.collect()
     release_pending_results()
+    AsyncResult.__del__ = lambda self: None
     for server in reversed(started):
         server.stop()
 

@@ -23,7 +23,7 @@ from common.backup import backup_table
 from common.compression import open_text
 from common.config import load_settings
 from common.manifest import verify_set
-from common.split import SplitBoard, SplitJob, holder_chunks, merge_parts
+from common.split import SplitBoard, SplitJob, holder_chunks, merge_parts, remove_parts
 from tests.test_faults import final_state, send_truncate_run, worker_env
 from tests.test_processes import isolated
 from tests.test_worker_killed import start_worker, stop
@@ -53,6 +53,11 @@ def make_job(
 def records(path: Path) -> list[list[str]]:
     with open_text(path) as f:
         return list(csv.reader(f))
+
+
+def assert_rows_of_a_single_stream(conn, split_file: Path, directory: Path, vector) -> None:
+    single = backup_table(conn, EMBEDDING, directory, TS, vector)
+    assert sorted(records(split_file)[1:]) == sorted(records(directory / single["backup_file"])[1:])
 
 
 def wait_for(check, timeout: float = 20) -> None:
@@ -145,9 +150,7 @@ def test_the_holder_copies_ranges_from_a_thread_of_its_own_while_it_streams_the_
 
     assert seen and table["success"] and table["row_count"] == count_rows(filled.conn, EMBEDDING), table
     assert sorted(p.name for p in tmp_path.iterdir()) == [table["backup_file"]]
-    single = backup_table(filled.conn, EMBEDDING, tmp_path / "single", TS, vector)
-    split_rows = records(tmp_path / table["backup_file"])
-    assert sorted(split_rows[1:]) == sorted(records(tmp_path / "single" / single["backup_file"])[1:])
+    assert_rows_of_a_single_stream(filled.conn, tmp_path / table["backup_file"], tmp_path / "single", vector)
 
 
 def test_a_failed_chunk_fails_the_table_and_leaves_nothing(filled, services, tmp_path):
@@ -191,9 +194,7 @@ def test_a_dead_helpers_range_is_copied_by_the_holder(filled, services, tmp_path
     assert client.get(ghost.key(1, "claim", 1)) == b"ghost"
     assert table["success"] and table["row_count"] == count_rows(filled.conn, EMBEDDING), table
     assert time.monotonic() - started < 15
-    single = backup_table(filled.conn, EMBEDDING, tmp_path / "single", TS, vector)
-    split_rows = records(tmp_path / table["backup_file"])
-    assert sorted(split_rows[1:]) == sorted(records(tmp_path / "single" / single["backup_file"])[1:])
+    assert_rows_of_a_single_stream(filled.conn, tmp_path / table["backup_file"], tmp_path / "single", vector)
 
 
 def test_a_redelivered_holder_starts_a_new_attempt_and_finishes(filled, services, tmp_path):
@@ -209,6 +210,9 @@ def test_a_redelivered_holder_starts_a_new_attempt_and_finishes(filled, services
 
     assert again["success"] and again["row_count"] == count_rows(filled.conn, EMBEDDING), again
     assert helper["part"] and helper["row_count"] == 0
+    # The dead attempt's parts are never appended; closing the set (the chord body) drops them.
+    assert all(".part1-" in p.name for p in tmp_path.iterdir() if p.name != again["backup_file"])
+    remove_parts(tmp_path, TS, vector.backup_temp_suffix)
     assert sorted(p.name for p in tmp_path.iterdir()) == [again["backup_file"]]
 
 
