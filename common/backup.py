@@ -104,13 +104,15 @@ class _CountingWriter:
             self._report(self.records - 1, self.bytes - self.appended)
 
     def append_file(self, path: Path) -> None:
-        """Rows another process copied and counted (a range-split chunk), appended in order."""
+        """Rows another process copied and counted (a range-split chunk), appended in order;
+        a progress report follows, as the holder may have been waiting for it."""
         with open(path, "rb") as part:
             while block := part.read(READ_BLOCK):
                 self._write(block)
                 self._hash(block)
                 self.bytes += len(block)
                 self.appended += len(block)
+        self._report(self.records - 1, self.bytes - self.appended)
 
 
 class ChunkCoordinator(Protocol):

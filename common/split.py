@@ -389,11 +389,22 @@ class SplitJob:
     def _hold(self, conn: Connection, attempt: int, started: float) -> TableBackup:
         settings, table = self.settings, self.table
         inner: list[threading.Thread] = []
+        inner_copied = {"rows": 0, "bytes": 0}  # the helper thread's share, reported by the holder
 
         def start_inner(plan: dict[str, Any]) -> None:
-            thread = threading.Thread(target=self._help_inside, args=(plan,), name="split-inner", daemon=True)
+            thread = threading.Thread(
+                target=self._help_inside, args=(plan, inner_copied), name="split-inner", daemon=True
+            )
             thread.start()
             inner.append(thread)
+
+        def report(progress: TableProgress) -> None:
+            if self.on_progress is not None:
+                rows, total = progress["rows"] + inner_copied["rows"], progress["total_estimate"]
+                if total and progress["percent"] != 100.0:
+                    progress["percent"] = min(99.9, 100.0 * rows / total)
+                progress["bytes"] += inner_copied["bytes"]
+                self.on_progress({**progress, "rows": rows})
 
         min_bytes = int(settings.split_min_mb * 2**20)
         on_plan = start_inner if self.inner_helper else None
@@ -407,7 +418,7 @@ class SplitJob:
                     self.directory,
                     self.timestamp,
                     settings,
-                    self.on_progress,
+                    report,
                     self.fingerprint,
                     self.replace,
                     chunks=holder,
@@ -417,22 +428,22 @@ class SplitJob:
             except Exception as exc:  # noqa: BLE001 - any surprise is still this table's failure
                 error = f"{table}: unexpected {type(exc).__name__}: {first_line(exc)}"
                 result = _failed(table, self.target.redact(error), started, part=False)
-            for thread in inner:
-                thread.join()  # before the result: no part may appear after the set is closed
-            self.board.settle(result)
-            return result
         finally:
-            for thread in inner:
+            for thread in inner:  # before the result: no part may appear after the set is closed
                 thread.join()
             beat.stop()
+        self.board.settle(result)
+        return result
 
-    def _help_inside(self, plan: dict[str, Any]) -> None:
+    def _help_inside(self, plan: dict[str, Any], copied: dict[str, int]) -> None:
         try:
             conn = connect(self.target)
         except VectorBackupError:
             return
         try:
-            dataclasses.replace(self, on_progress=None)._help(conn, plan)
+            # Only the task's own thread may touch its Celery state: the holder reports these.
+            note = lambda progress: copied.update(rows=progress["rows"], bytes=progress["bytes"])  # noqa: E731
+            dataclasses.replace(self, on_progress=note)._help(conn, plan)
         except (VectorBackupError, redis.RedisError):
             pass  # a failed chunk's outcome carries its error to the holder
         finally:

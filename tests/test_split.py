@@ -139,16 +139,20 @@ def test_the_holder_copies_ranges_from_a_thread_of_its_own_while_it_streams_the_
     filled, services, tmp_path
 ):
     vector, run_id = split_settings(), uuid.uuid4().hex
-    seen = []
+    seen, reports = [], []
 
     def first_report(progress):
         if not seen:  # the holder stands still here; only its own helper thread can write parts
             wait_for(lambda: any(".part" in p.name for p in tmp_path.iterdir()))
             seen.append(True)
+        reports.append(progress)
 
     table = make_job(services, tmp_path, run_id, "task-a", vector, first_report).run()
 
     assert seen and table["success"] and table["row_count"] == count_rows(filled.conn, EMBEDDING), table
+    # Its progress counts the thread's rows too: exact at the end, never going back.
+    rows = [r["rows"] for r in reports]
+    assert rows == sorted(rows) and rows[-1] == table["row_count"] and reports[-1]["percent"] == 100.0
     assert sorted(p.name for p in tmp_path.iterdir()) == [table["backup_file"]]
     assert_rows_of_a_single_stream(filled.conn, tmp_path / table["backup_file"], tmp_path / "single", vector)
 
