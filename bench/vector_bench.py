@@ -39,6 +39,8 @@ import psycopg2
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "langchain_pg_embedding"
 HALVES = "two psql \\copy on TID halves"
+SINGLE = "this project, single stream"
+SPLIT = "this project, range-split, 2 workers"
 WORKLOADS = {"wide": (20_000, 1536), "narrow": (1_000_000, 16)}
 
 
@@ -285,8 +287,8 @@ def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int
         "psql \\copy": lambda: psql_copy_out(url, out),
         "pg_dump --data-only -t": lambda: pg_dump_data(url, dump),
         HALVES: lambda: psql_copy_halves(url, scratch),
-        "this project, single stream (whole chain)": lambda: results.append(chain_backup()),
-        "range-split (whole chain)": lambda: split.append(chain_backup(split_workers=2)),
+        f"{SINGLE} (whole chain)": lambda: results.append(chain_backup()),
+        f"{SPLIT} (whole chain)": lambda: split.append(chain_backup(split_workers=2)),
         "zstd": lambda: packed.update(zstd=compressed_backup(url, scratch, "zstd")),
         "gzip": lambda: packed.update(gzip=compressed_backup(url, scratch, "gzip")),
     }
@@ -305,35 +307,28 @@ def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int
                 shutil.rmtree(directory)
     median = {m: statistics.median(t) for m, t in times.items()}
     say(f"{name}: " + "; ".join(f"{m} {[round(x, 2) for x in t]}" for m, t in times.items()))
-    baseline = Timing("psql \\copy", median["psql \\copy"], rows, size)
-    table_time = statistics.median(r["tables_backed_up"][TABLE]["duration"] for r in results)
-    split_table_time = statistics.median(r["tables_backed_up"][TABLE]["duration"] for r in split)
+
+    def timing(method: str, seconds: float, target: float | None = None) -> Timing:
+        return Timing(method, seconds, rows, size, target)
+
+    def table_time(runs: list[dict]) -> float:
+        return statistics.median(r["tables_backed_up"][TABLE]["duration"] for r in runs)
+
+    baseline = timing("psql \\copy", median["psql \\copy"])
     timings = [
         baseline,
-        Timing("pg_dump --data-only -t", median["pg_dump --data-only -t"], rows, size),
-        Timing(f"{HALVES} (the ceiling)", median[HALVES], rows, size),
-        Timing("seeds' way (itersize + csv.writer)", median_time(lambda: seeds_way(url, out), 1), rows, size),
-        Timing(
-            "this project, single stream (whole chain)",
-            median["this project, single stream (whole chain)"],
-            rows,
-            size,
-            target=0.97,
-        ),
-        Timing("this project, single stream (the table task)", table_time, rows, size, target=0.97),
-        Timing(
-            "this project, range-split, 2 workers (whole chain)",
-            median["range-split (whole chain)"],
-            rows,
-            size,
-            target=1.4,
-        ),
-        Timing("this project, range-split, 2 workers (the table)", split_table_time, rows, size, target=1.4),
+        timing("pg_dump --data-only -t", median["pg_dump --data-only -t"]),
+        timing(f"{HALVES} (the ceiling)", median[HALVES]),
+        timing("seeds' way (itersize + csv.writer)", median_time(lambda: seeds_way(url, out), 1)),
+        timing(f"{SINGLE} (whole chain)", median[f"{SINGLE} (whole chain)"], target=0.97),
+        timing(f"{SINGLE} (the table task)", table_time(results), target=0.97),
+        timing(f"{SPLIT} (whole chain)", median[f"{SPLIT} (whole chain)"], target=1.4),
+        timing(f"{SPLIT} (the table)", table_time(split), target=1.4),
     ]
     for compression in ("zstd", "gzip"):
         smaller = size / packed[compression]["file_size_bytes"]
         label = f"this project, {compression} (engine; file {smaller:.1f}× smaller)"
-        timings.append(Timing(label, median[compression], rows, size))
+        timings.append(timing(label, median[compression]))
     lines = [f"### {name}: {rows:,} rows × {dim} dims, {size / 1e6:,.0f} MB of CSV", ""]
     lines += [
         "| method | time (median) | rows/s | MB/s | vs psql \\copy | target | |",
@@ -356,10 +351,8 @@ def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int
         drop_restored(restore_dsn)
         project_restore(restore_dsn, newest / results[-1]["manifest"])
 
-    copy_in = Timing("psql \\copy FROM", median_time(baseline_restore, repeat), rows, size)
-    restore = Timing(
-        "this project's restore (verify + COPY FROM)", median_time(ours, repeat), rows, size, 0.9
-    )
+    copy_in = timing("psql \\copy FROM", median_time(baseline_restore, repeat))
+    restore = timing("this project's restore (verify + COPY FROM)", median_time(ours, repeat), target=0.9)
     lines += [
         "",
         "| restore | time (median) | rows/s | MB/s | vs psql \\copy FROM | target | |",
