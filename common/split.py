@@ -399,12 +399,14 @@ class SplitJob:
             inner.append(thread)
 
         def report(progress: TableProgress) -> None:
-            if self.on_progress is not None:
-                rows, total = progress["rows"] + inner_copied["rows"], progress["total_estimate"]
-                if total and progress["percent"] != 100.0:
-                    progress["percent"] = min(99.9, 100.0 * rows / total)
-                progress["bytes"] += inner_copied["bytes"]
-                self.on_progress({**progress, "rows": rows})
+            if self.on_progress is None:
+                return
+            rows, total = progress["rows"] + inner_copied["rows"], progress["total_estimate"]
+            percent = progress["percent"]
+            if total and percent != 100.0:
+                percent = min(99.9, 100.0 * rows / total)
+            copied = progress["bytes"] + inner_copied["bytes"]
+            self.on_progress({**progress, "rows": rows, "bytes": copied, "percent": percent})
 
         min_bytes = int(settings.split_min_mb * 2**20)
         on_plan = start_inner if self.inner_helper else None
