@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.result import AsyncResult
-
 from worker import app
 
 RUNNING = ("PROGRESS", "RETRY", "STARTED")
@@ -19,9 +17,10 @@ def table_states(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{table: {"state": ..., and the PROGRESS meta or the table's result}} for a run record."""
     tasks: dict[str, list[tuple[str, dict]]] = {}
     for task_id, table in record["tables"].items():
-        result = AsyncResult(task_id, app=app)
-        info = result.info if isinstance(result.info, dict) else {}
-        tasks.setdefault(table, []).append((result.state, info))
+        # One read: a state and an info read apart may straddle the task's end.
+        meta = app.backend.get_task_meta(task_id)
+        info = meta.get("result") if isinstance(meta.get("result"), dict) else {}
+        tasks.setdefault(table, []).append((meta["status"], info))
     return {table: fold(entries) for table, entries in tasks.items()}
 
 
