@@ -87,7 +87,7 @@ def _open_temp(temp: Path) -> BinaryIO:
     """
     for _ in range(2):
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             if _remove_if_abandoned(temp):
                 continue

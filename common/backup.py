@@ -83,6 +83,7 @@ class _CountingWriter:
     """
 
     def __init__(self, out: BinaryIO, every: int, report: Callable[[int, int], None]) -> None:
+        self.out = out
         self._write = out.write
         self.sha256 = hashlib.sha256()
         self._hash = self.sha256.update
@@ -103,6 +104,17 @@ class _CountingWriter:
             self._next_report += self._every
             self._report(self.records - 1, self.bytes - self.appended)
 
+    def hash_elsewhere(self) -> None:
+        """Rows are no longer hashed here: they go to a file other processes append to
+        (`common.shared_file`), which is hashed whole, and its owner sets `sha256`."""
+        self._hash = _not_hashed
+
+    def count_shared(self, size: int) -> None:
+        """Another writer's finished chunk of the shared file; a progress report follows."""
+        self.bytes += size
+        self.appended += size
+        self._report(self.records - 1, self.bytes - self.appended)
+
     def append_file(self, path: Path) -> None:
         """Rows another process copied and counted (a range-split chunk), appended in order;
         a progress report follows, as the holder may have been waiting for it."""
@@ -115,12 +127,21 @@ class _CountingWriter:
         self._report(self.records - 1, self.bytes - self.appended)
 
 
+def _not_hashed(data: bytes) -> None:
+    pass
+
+
 class ChunkCoordinator(Protocol):
     """Shares one table's COPY with other processes (see `common.split`)."""
 
-    def chunk_queries(self, conn: Connection, table: str, whole: sql.Composed) -> list[sql.Composed]: ...
+    def copy(self, conn: Connection, table: str, whole: sql.Composed, writer: _CountingWriter) -> int:
+        """Every row of `table` into `writer`, header first; the number of rows."""
+        ...
 
-    def join(self, copy: Callable[[sql.Composed], int], append_file: Callable[[Path], None]) -> int: ...
+
+def header_query(table: str) -> sql.Composed:
+    """A COPY that sends only the header line, as `plan_copy`'s would."""
+    return copy_query(sql.SQL("(SELECT * FROM {} WHERE false)").format(table_identifier(table)))
 
 
 def copy_query(source: sql.Composable, header: bool = True) -> sql.Composed:
@@ -218,12 +239,8 @@ def backup_table(
             if chunks is None:
                 rows = copy_rows(conn, table, query, writer, header=True)
             else:
-                queries = chunks.chunk_queries(conn, table, query)
-                rows = copy_rows(conn, table, queries[0], writer, header=True)
-                progress["step"] = "copying and joining chunks"
-                rows += chunks.join(
-                    lambda q: copy_rows(conn, table, q, writer, header=False), writer.append_file
-                )
+                progress["step"] = "copying in chunks"
+                rows = chunks.copy(conn, table, query, writer)
             if link:
                 progress["step"] = "reading collection ids"
                 collection_ids = snapshot_collection_ids(conn, table, link, ddl)

@@ -5,28 +5,33 @@ A single COPY is bound by the one server backend formatting the rows, so the way
 `SplitJob.run`; the roles are decided at run time, so a pool of any size finishes:
 
 - the first task to arrive becomes the holder: it exports its REPEATABLE READ snapshot
-  (`pg_export_snapshot`, as `pg_dump -j` does), splits the table into block ranges
-  (`ctid`, 8 per worker), and streams the ranges in order into the table's `.csv.tmp`:
-  one it has claimed it copies itself, one a helper claimed it appends from the
-  helper's part file once finished, hashing as it goes: one file, header once, one
-  sha256. Appending is cheap, so the holder starts with a smaller share and also runs
-  a helper thread of its own;
+  (`pg_export_snapshot`, as `pg_dump -j` does), writes the header to the table's
+  `.csv.tmp`, splits the table into block ranges (`ctid`, 16 per worker) and copies
+  every range nobody has claimed yet;
 - a task arriving while the holder's transaction is open imports the snapshot
-  (`SET TRANSACTION SNAPSHOT`) and claims ranges into part files.
+  (`SET TRANSACTION SNAPSHOT`) and claims ranges too.
+
+Every copier appends its ranges to the one file itself (`common.shared_file`): rows in
+whole blocks, ranges in the order they finish, one sha256 read behind the writers. Where
+appends are not atomic (a network filesystem) or the file is compressed (one stream
+through one compressor), helpers write part files instead, which the holder appends in
+range order, and the holder, which then has time to spare, runs a helper thread too.
 
 Nobody waits for a task that has not started: the holder copies what is unclaimed
 itself, so with one pool process it simply does the whole table. The holder waits only
-for ranges that running helpers claimed; a helper that stops beating is presumed dead
-and the holder, still inside the snapshot, copies its range again. A helper's error
-fails the table. A holder that dies is replaced: its redelivered task (or, once its
-heartbeat expires, any other task of the table) starts a new attempt from scratch.
-The coordination lives in Redis keys of the run, like the run lock.
+for ranges that running helpers claimed. A helper's error fails the table. A helper
+that stops beating is presumed dead: a part file it left is never read and the holder
+copies its range again; blocks it may have appended cannot be told apart, so the holder
+drops the file and starts over alone. A holder that dies is replaced: its redelivered
+task (or, once its heartbeat expires, any other task of the table) starts a new attempt
+from scratch. The coordination lives in Redis keys of the run, like the run lock.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -43,10 +48,12 @@ from common.backup import (
     ProgressCallback,
     TableBackup,
     TableProgress,
+    _CountingWriter,
     backup_file_name,
     backup_table,
     copy_query,
     copy_rows,
+    header_query,
 )
 from common.config import VectorTableManagement
 from common.db import (
@@ -58,12 +65,21 @@ from common.db import (
     table_identifier,
 )
 from common.exceptions import BackupError, VectorBackupError
+from common.shared_file import (
+    TailHasher,
+    append_from,
+    appender,
+    appends_safely,
+    identity,
+    open_for_appending,
+)
 
 KEY_TTL_S = 24 * 3600  # outlives any run; the keys hold no secret
 BEAT_TTL_S = 15.0
 BEAT_EVERY_S = 3.0
-# Small ranges let the holder append a finished part while helpers copy the next one.
-CHUNKS_PER_WORKER = 8
+# Small ranges: the copiers finish within a range of each other, and the holder appends
+# a helper's part while the helpers copy the next one.
+CHUNKS_PER_WORKER = 16
 # Appending a helper's part (read, sha256, write) costs the holder 0.3-0.7 of what
 # copying the same rows costs (measured with `make bench`'s tables).
 APPEND_COST = 0.4
@@ -132,7 +148,13 @@ class SplitBoard:
             if current is None or current.decode() != self.who:
                 return None
             self.client.set(holder, self.who, ex=int(BEAT_TTL_S))
+        return self.new_attempt()
+
+    def new_attempt(self) -> int:
         return int(self.client.incr(self.key("attempt")))
+
+    def attempt(self) -> int:
+        return int(self.client.get(self.key("attempt")) or 0)
 
     def publish(self, plan: dict[str, Any]) -> None:
         self.client.set(self.key("plan"), json.dumps(plan), ex=KEY_TTL_S)
@@ -199,12 +221,12 @@ def block_ranges(blocks: int, chunks: int) -> list[tuple[int, int | None]]:
     return [(start, bounds[i + 1] if i + 1 < chunks else None) for i, start in enumerate(bounds)]
 
 
-def range_query(table: str, start: int, end: int | None, header: bool) -> sql.Composed:
+def range_query(table: str, start: int, end: int | None) -> sql.Composed:
     condition = sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({start},0)"))
     if end is not None:
         condition = sql.SQL("{} AND ctid < {}::tid").format(condition, sql.Literal(f"({end},0)"))
     source = sql.SQL("(SELECT * FROM {} WHERE {})").format(table_identifier(table), condition)
-    return copy_query(source, header)
+    return copy_query(source, header=False)
 
 
 def part_path(directory: Path, final_name: str, attempt: int, chunk: int, temp_suffix: str) -> Path:
@@ -218,8 +240,18 @@ def remove_parts(directory: Path, timestamp: str, temp_suffix: str) -> None:
         leftover.unlink(missing_ok=True)
 
 
+class HelperLost(BackupError):
+    """A helper appending to the table's file stopped beating. Which of the file's blocks
+    are its own cannot be told, so the file is dropped and the holder starts over."""
+
+
 class Holder:
-    """The `ChunkCoordinator` of the task that owns the snapshot and the table's file."""
+    """The `ChunkCoordinator` of the task that owns the snapshot and the table's file.
+
+    `direct`: every copier appends its rows to the table's file itself
+    (`common.shared_file`); otherwise (a compressed file, one stream through one
+    compressor) helpers write part files that the holder appends in order.
+    """
 
     def __init__(
         self,
@@ -228,13 +260,44 @@ class Holder:
         workers: int,
         min_bytes: int,
         part: Callable[[int, int], Path],
+        direct: bool,
         on_plan: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.board, self.attempt, self.workers, self.min_bytes = board, attempt, workers, min_bytes
-        self.part, self.on_plan = part, on_plan
+        self.part, self.direct, self.on_plan = part, direct, on_plan
         self.queries: list[sql.Composed] = []
 
-    def chunk_queries(self, conn: Connection, table: str, whole: sql.Composed) -> list[sql.Composed]:
+    def copy(self, conn: Connection, table: str, whole: sql.Composed, writer: _CountingWriter) -> int:
+        plan = self._plan(conn, table)
+        if len(self.queries) == 1:
+            self.board.publish(plan)  # helpers arriving now have nothing to do
+            return copy_rows(conn, table, whole, writer, header=True)
+
+        def copy(query: sql.Composed) -> int:
+            return copy_rows(conn, table, query, writer, header=False)
+
+        if not self.direct:
+            rows = copy_rows(conn, table, header_query(table), writer, header=True)
+            self._publish(plan)
+            return rows + copy(self.queries[0]) + self._join_parts(copy, writer.append_file)
+        out = writer.out  # the table's file, written whole rows at a time (`appender`)
+        out.flush()
+        append_from(out.fileno())
+        writer.hash_elsewhere()
+        tail = TailHasher(out.fileno())
+        try:
+            rows = copy_rows(conn, table, header_query(table), writer, header=True)
+            out.flush()  # the header first, before any helper may append
+            self._publish({**plan, "file": identity(out.fileno())})
+            rows += self._join_direct(copy, out.flush, writer.count_shared)
+            writer.sha256 = tail.finish()
+        finally:
+            tail.stop()
+        if tail.size != writer.bytes:
+            raise BackupError(f"{table}: the file holds {tail.size} bytes, its chunks wrote {writer.bytes}")
+        return rows
+
+    def _plan(self, conn: Connection, table: str) -> dict[str, Any]:
         with conn.cursor() as cur:
             cur.execute(
                 "SELECT c.relkind, c.reltuples::bigint, pg_table_size(c.oid), "
@@ -249,52 +312,78 @@ class Holder:
         if relkind != "r" or size < self.min_bytes or blocks < chunks:
             chunks = 1
         ranges = block_ranges(blocks, chunks)
-        if chunks == 1:
-            self.queries = [whole]
-        else:
-            self.queries = [range_query(table, s, e, header=i == 0) for i, (s, e) in enumerate(ranges)]
+        self.queries = [range_query(table, start, end) for start, end in ranges]
         copiers = self.workers + (self.on_plan is not None)
-        plan = {
+        share = max(1, chunks // copiers) if self.direct else holder_chunks(chunks, copiers)
+        return {
             "attempt": self.attempt,
             "snapshot": snapshot,
             "ranges": ranges,
-            "helpers_from": holder_chunks(chunks, copiers) if chunks > 1 else 1,
+            "helpers_from": share if chunks > 1 else 1,
             "total_estimate": estimate if estimate > 0 else None,
         }
-        self.board.publish(plan)
-        if chunks > 1 and self.on_plan is not None:
-            self.on_plan(plan)
-        return self.queries
 
-    def join(self, copy: Callable[[sql.Composed], int], append_file: Callable[[Path], None]) -> int:
+    def _publish(self, plan: dict[str, Any]) -> None:
+        self.board.publish(plan)
+        if self.on_plan is not None:
+            self.on_plan(plan)
+
+    def _join_direct(
+        self, copy: Callable[[sql.Composed], int], flush: Callable[[], None], count_shared
+    ) -> int:
+        """Copy every range nobody has claimed (in any order: the file does not keep one),
+        then wait for the helpers' ranges."""
+        rows, mine = copy(self.queries[0]), {0}
+        for chunk in range(1, len(self.queries)):
+            if self.board.claim(self.attempt, chunk):
+                rows += copy(self.queries[chunk])
+                mine.add(chunk)
+        flush()
+        self.board.close(self.attempt)
+        for chunk in range(len(self.queries)):
+            if chunk in mine:
+                continue
+            outcome = self._wait_for(chunk)
+            if outcome is None:
+                raise HelperLost(f"the helper copying chunk {chunk + 1} of {len(self.queries)} stopped")
+            count_shared(outcome["bytes"])
+            rows += outcome["rows"]
+        return rows
+
+    def _join_parts(self, copy: Callable[[sql.Composed], int], append_file: Callable[[Path], None]) -> int:
         """Every range after the first, in order: copied here when nobody has claimed it,
         else appended from the part file of the helper that did."""
         rows = 0
         for chunk in range(1, len(self.queries)):
             if self.board.claim(self.attempt, chunk):
                 rows += copy(self.queries[chunk])
-            else:
-                rows += self._take_part(chunk, copy, append_file)
+                continue
+            outcome = self._wait_for(chunk)
+            if outcome is None:  # its part file is never read: the snapshot is still ours
+                rows += copy(self.queries[chunk])
+                continue
+            part = self.part(self.attempt, chunk)
+            append_file(part)
+            part.unlink()
+            rows += outcome["rows"]
         self.board.close(self.attempt)
         return rows
 
-    def _take_part(self, chunk: int, copy: Callable[[sql.Composed], int], append_file) -> int:
+    def _wait_for(self, chunk: int) -> dict[str, Any] | None:
+        """The outcome of a range a helper claimed; None if the helper is gone."""
         board, attempt = self.board, self.attempt
         while (outcome := board.outcome(attempt, chunk)) is None:
             if not board.alive(attempt, chunk):
                 # A helper finishing writes its outcome and drops its heartbeat at once,
-                # so with neither, its process is gone: the snapshot is still ours.
+                # so with neither, its process is gone.
                 outcome = board.outcome(attempt, chunk)
                 if outcome is None:
-                    return copy(self.queries[chunk])
+                    return None
                 break
             board.wait_for_finish(attempt, timeout=1.0)
         if "error" in outcome:
             raise BackupError(outcome["error"])
-        part = self.part(attempt, chunk)
-        append_file(part)
-        part.unlink()
-        return outcome["rows"]
+        return outcome
 
 
 class _PartWriter:
@@ -387,55 +476,71 @@ class SplitJob:
             time.sleep(0.05)
 
     def _hold(self, conn: Connection, attempt: int, started: float) -> TableBackup:
-        settings, table = self.settings, self.table
+        settings = self.settings
         inner: list[threading.Thread] = []
-        inner_copied = {"rows": 0, "bytes": 0}  # the helper thread's share, reported by the holder
+        # The helper thread's share, which the holder reports; a new dict when starting over.
+        shares = {"inner": {"rows": 0, "bytes": 0}}
 
         def start_inner(plan: dict[str, Any]) -> None:
-            thread = threading.Thread(
-                target=self._help_inside, args=(plan, inner_copied), name="split-inner", daemon=True
-            )
+            args = (plan, shares["inner"])
+            thread = threading.Thread(target=self._help_inside, args=args, name="split-inner", daemon=True)
             thread.start()
             inner.append(thread)
 
         def report(progress: TableProgress) -> None:
             if self.on_progress is None:
                 return
-            rows, total = progress["rows"] + inner_copied["rows"], progress["total_estimate"]
+            copied = shares["inner"]
+            rows, total = progress["rows"] + copied["rows"], progress["total_estimate"]
             percent = progress["percent"]
             if total and percent != 100.0:
                 percent = min(99.9, 100.0 * rows / total)
-            copied = progress["bytes"] + inner_copied["bytes"]
-            self.on_progress({**progress, "rows": rows, "bytes": copied, "percent": percent})
+            written = progress["bytes"] + copied["bytes"]
+            self.on_progress({**progress, "rows": rows, "bytes": written, "percent": percent})
 
         min_bytes = int(settings.split_min_mb * 2**20)
-        on_plan = start_inner if self.inner_helper else None
-        holder = Holder(self.board, attempt, settings.split_workers, min_bytes, self.part, on_plan)
+        direct = settings.compression == "none" and appends_safely(self.directory)
+        # Appending parts leaves the holder time for a helper thread; copying directly does not.
+        on_plan = start_inner if self.inner_helper and not direct else None
+        holder = Holder(self.board, attempt, settings.split_workers, min_bytes, self.part, direct, on_plan)
         beat = Heartbeat(self.board.client, self.board.key("holder"))
         try:
             try:
-                result = backup_table(
-                    conn,
-                    table,
-                    self.directory,
-                    self.timestamp,
-                    settings,
-                    report,
-                    self.fingerprint,
-                    self.replace,
-                    chunks=holder,
-                )
-            except VectorBackupError as exc:
-                result = _failed(table, self.target.redact(str(exc)), started, part=False)
-            except Exception as exc:  # noqa: BLE001 - any surprise is still this table's failure
-                error = f"{table}: unexpected {type(exc).__name__}: {first_line(exc)}"
-                result = _failed(table, self.target.redact(error), started, part=False)
+                result = self._back_up(conn, report, holder, started)
+            except HelperLost:
+                # A new attempt number first: no helper of the old one may open the new file.
+                self.board.new_attempt()
+                shares["inner"] = {"rows": 0, "bytes": 0}
+                result = self._back_up(conn, report, None, started)
         finally:
             for thread in inner:  # before the result: no part may appear after the set is closed
                 thread.join()
             beat.stop()
         self.board.settle(result)
         return result
+
+    def _back_up(self, conn: Connection, report, chunks: Holder | None, started: float) -> TableBackup:
+        """The table's backup, a failed result on any error but a lost helper."""
+        table = self.table
+        try:
+            return backup_table(
+                conn,
+                table,
+                self.directory,
+                self.timestamp,
+                self.settings,
+                report,
+                self.fingerprint,
+                self.replace,
+                chunks=chunks,
+            )
+        except HelperLost:
+            raise
+        except VectorBackupError as exc:
+            return _failed(table, self.target.redact(str(exc)), started, part=False)
+        except Exception as exc:  # noqa: BLE001 - any surprise is still this table's failure
+            error = f"{table}: unexpected {type(exc).__name__}: {first_line(exc)}"
+            return _failed(table, self.target.redact(error), started, part=False)
 
     def _help_inside(self, plan: dict[str, Any], copied: dict[str, int]) -> None:
         try:
@@ -451,9 +556,26 @@ class SplitJob:
         finally:
             conn.close()
 
+    def _shared_file(self, plan: dict[str, Any]) -> int | None:
+        """An appending descriptor on the holder's file, if it is still this attempt's."""
+        final = backup_file_name(self.table, self.timestamp, self.settings.compression)
+        fd = open_for_appending(self.directory / (final + self.settings.backup_temp_suffix), plan["file"])
+        # The file may be a later attempt's only if that attempt was counted before it.
+        if fd is not None and self.board.attempt() != plan["attempt"]:
+            os.close(fd)
+            return None
+        return fd
+
     def _help(self, conn: Connection, plan: dict[str, Any]) -> tuple[int, int] | None:
-        """Claim and copy ranges into part files; None if the snapshot could not be joined."""
+        """Claim and copy ranges, into the holder's file or part files; None if the
+        snapshot could not be joined or the file is no longer this attempt's."""
+        if "file" in plan and not appends_safely(self.directory):
+            return 0, 0  # this host sees the file on a network filesystem: the holder copies
         if not import_snapshot(conn, plan["snapshot"]):
+            return None
+        fd = None
+        if "file" in plan and (fd := self._shared_file(plan)) is None:
+            end_transaction_quietly(conn)
             return None
         board, table, attempt, ranges = self.board, self.table, plan["attempt"], plan["ranges"]
         rows = written = 0
@@ -479,28 +601,34 @@ class SplitJob:
                     continue
                 beat = beat or Heartbeat(board.client)
                 beat.add(board.key(attempt, "alive", chunk))
-                records, size = self._copy_part(conn, plan, chunk, report)
+                records, size = self._copy_part(conn, plan, chunk, report, fd)
                 rows, written = rows + records, written + size
             end_snapshot(conn)
         finally:
             if beat is not None:
                 beat.stop()
+            if fd is not None:
+                os.close(fd)
         report(0, 0)
         return rows, written
 
-    def _copy_part(self, conn: Connection, plan: dict[str, Any], chunk: int, report) -> tuple[int, int]:
+    def _copy_part(
+        self, conn: Connection, plan: dict[str, Any], chunk: int, report, fd: int | None
+    ) -> tuple[int, int]:
+        """One range, appended to the shared file `fd` or else written to its part file."""
         board, table, ranges, path = self.board, self.table, plan["ranges"], self.part(plan["attempt"], chunk)
+        query = range_query(table, *ranges[chunk])
         try:
-            with open(path, "wb") as out:
+            with appender(fd) if fd is not None else open(path, "wb") as out:
                 writer = _PartWriter(out, self.settings.progress_every, report)
-                copy_rows(conn, table, range_query(table, *ranges[chunk], header=False), writer, header=False)
+                copy_rows(conn, table, query, writer, header=False)
         except (psycopg2.Error, OSError, VectorBackupError) as exc:
             path.unlink(missing_ok=True)
             end_transaction_quietly(conn)
             error = f"{table}: chunk {chunk + 1} of {len(ranges)} failed: {first_line(exc)}"
             board.finish(plan["attempt"], chunk, {"error": error})
             raise BackupError(error) from exc
-        board.finish(plan["attempt"], chunk, {"rows": writer.records})
+        board.finish(plan["attempt"], chunk, {"rows": writer.records, "bytes": writer.bytes})
         return writer.records, writer.bytes
 
 

@@ -1,14 +1,17 @@
 """Range-split backup (`common.split`) against real PostgreSQL and Redis: one table copied
 by several tasks under one exported snapshot into one file, equal row for row to the
-single-stream backup; a pool of one process finishes alone; a failed chunk fails the
-table; a dead helper's range is copied again; a redelivered holder starts over; and the
-whole chain through a real `celery -A worker worker -c 2`."""
+single-stream backup, appended to directly or through part files; a pool of one process
+finishes alone; a failed chunk fails the table; a dead helper's range is copied again,
+or the file started over when it may hold the helper's blocks; a redelivered holder
+starts over; and the whole chain through a real `celery -A worker worker -c 2`."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
+import os
 import re
 import threading
 import time
@@ -19,6 +22,7 @@ import psutil
 import pytest
 import redis
 
+from common import split
 from common.backup import backup_table
 from common.compression import open_text
 from common.config import load_settings
@@ -38,7 +42,8 @@ class Died(BaseException):
 
 
 def split_settings(**changes):
-    return dataclasses.replace(load_settings().vector, split_min_mb=0, progress_every=1000, **changes)
+    changes = {"split_min_mb": 0, "progress_every": 1000, **changes}
+    return dataclasses.replace(load_settings().vector, **changes)
 
 
 def make_job(
@@ -74,6 +79,27 @@ def run_in_thread(job: SplitJob) -> tuple[threading.Thread, list]:
     return thread, out
 
 
+@contextlib.contextmanager
+def watching_for_parts(directory: Path):
+    """The names of the part files that appeared in `directory` while the block ran."""
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                seen.update(p.name for p in directory.iterdir() if ".part" in p.name)
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        watcher.join()
+
+
 @pytest.fixture
 def filled(store):
     add_awkward_rows(store.conn, store.kind, store.collection_id)
@@ -103,9 +129,10 @@ def test_a_split_backup_is_one_file_equal_row_for_row_to_a_single_stream_backup(
     filled, services, tmp_path, compression
 ):
     vector, run_id = split_settings(compression=compression), uuid.uuid4().hex
-    holder_thread, held = holder_waiting_for_a_helper(services, tmp_path / "split", run_id, vector)
-    helped = make_job(services, tmp_path / "split", run_id, "task-b", vector).run()
-    holder_thread.join(60)
+    with watching_for_parts(tmp_path / "split") as parts:
+        holder_thread, held = holder_waiting_for_a_helper(services, tmp_path / "split", run_id, vector)
+        helped = make_job(services, tmp_path / "split", run_id, "task-b", vector).run()
+        holder_thread.join(60)
     [table] = merge_parts([held[0], helped])
     single = backup_table(filled.conn, EMBEDDING, tmp_path / "single", TS, vector)
 
@@ -120,6 +147,8 @@ def test_a_split_backup_is_one_file_equal_row_for_row_to_a_single_stream_backup(
     assert table["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert table["file_size_bytes"] == path.stat().st_size
     assert sorted(p.name for p in (tmp_path / "split").iterdir()) == [path.name]
+    # Uncompressed, the helper appended to the table's file itself; compressed, through parts.
+    assert bool(parts) == (compression != "none"), parts
 
 
 def test_one_pool_process_does_the_whole_table_alone_and_later_tasks_have_nothing_to_do(
@@ -135,10 +164,10 @@ def test_one_pool_process_does_the_whole_table_alone_and_later_tasks_have_nothin
     assert merge_parts([*later, first]) == [first]
 
 
-def test_the_holder_copies_ranges_from_a_thread_of_its_own_while_it_streams_the_first(
+def test_a_holder_appending_parts_copies_ranges_from_a_thread_of_its_own_meanwhile(
     filled, services, tmp_path
 ):
-    vector, run_id = split_settings(), uuid.uuid4().hex
+    vector, run_id = split_settings(compression="zstd"), uuid.uuid4().hex
     seen, reports = [], []
 
     def first_report(progress):
@@ -158,7 +187,7 @@ def test_the_holder_copies_ranges_from_a_thread_of_its_own_while_it_streams_the_
 
 
 def test_a_failed_chunk_fails_the_table_and_leaves_nothing(filled, services, tmp_path):
-    vector, run_id = split_settings(), uuid.uuid4().hex
+    vector, run_id = split_settings(progress_every=100), uuid.uuid4().hex  # a report inside a chunk
 
     def disk_full(progress):
         raise OSError(28, "No space left on device")
@@ -182,23 +211,129 @@ def test_the_holder_takes_the_smaller_share_because_it_also_appends_the_helpers_
     assert holder_chunks(32, 4) == 1  # appending is all it has time for
 
 
-def test_a_dead_helpers_range_is_copied_by_the_holder(filled, services, tmp_path):
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_a_dead_helpers_range_is_copied_by_the_holder(filled, services, tmp_path, compression):
+    vector, run_id = split_settings(compression=compression), uuid.uuid4().hex
+    client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
+    ghost = SplitBoard(client, run_id, EMBEDDING, "ghost")
+
+    last = []
+
+    def a_helper_claims_the_last_range_and_dies(progress):
+        last.append(len(ghost.plan()["ranges"]) - 1)
+        if ghost.claim(1, last[0]):
+            client.delete(ghost.key(1, "alive", last[0]))  # no heartbeat: its process is gone
+
+    started = time.monotonic()
+    dies = a_helper_claims_the_last_range_and_dies
+    table = make_job(services, tmp_path, run_id, "task-a", vector, dies, inner_helper=False).run()
+
+    assert client.get(ghost.key(1, "claim", last[0])) == b"ghost"
+    assert table["success"] and table["row_count"] == count_rows(filled.conn, EMBEDDING), table
+    assert time.monotonic() - started < 15
+    # Its part file would never have been read; blocks it might have appended could not be
+    # told apart, so that file was dropped and a second attempt copied the table alone.
+    assert ghost.attempt() == (2 if compression == "none" else 1)
+    assert_rows_of_a_single_stream(filled.conn, tmp_path / table["backup_file"], tmp_path / "single", vector)
+
+
+def test_a_helper_that_dies_after_appending_leaves_none_of_its_rows_in_the_file(filled, services, tmp_path):
     vector, run_id = split_settings(), uuid.uuid4().hex
     client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
     ghost = SplitBoard(client, run_id, EMBEDDING, "ghost")
 
-    def a_helper_claims_chunk_2_and_dies(progress):
-        if ghost.claim(1, 1):
-            client.delete(ghost.key(1, "alive", 1))  # no heartbeat: its process is gone
+    def a_helper_appends_two_rows_and_dies(progress):
+        plan = ghost.plan()
+        last = len(plan["ranges"]) - 1
+        if plan["attempt"] == 1 and ghost.claim(1, last):
+            fd = holder._shared_file(plan)  # opened as a helper opens it
+            os.write(fd, b"ghost row one\nghost row two\n")
+            os.close(fd)
+            client.delete(ghost.key(1, "alive", last))
 
-    started = time.monotonic()
-    dies = a_helper_claims_chunk_2_and_dies
-    table = make_job(services, tmp_path, run_id, "task-a", vector, dies, inner_helper=False).run()
+    holder = make_job(services, tmp_path, run_id, "task-a", vector, a_helper_appends_two_rows_and_dies)
+    table = holder.run()
 
-    assert client.get(ghost.key(1, "claim", 1)) == b"ghost"
     assert table["success"] and table["row_count"] == count_rows(filled.conn, EMBEDDING), table
-    assert time.monotonic() - started < 15
+    assert ghost.attempt() == 2  # the file was dropped and the table copied again
+    path = tmp_path / table["backup_file"]
+    assert b"ghost" not in path.read_bytes()
+    assert table["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert_rows_of_a_single_stream(filled.conn, path, tmp_path / "single", vector)
+
+
+def test_bytes_appended_by_anyone_but_the_copiers_fail_the_table(filled, services, tmp_path):
+    vector, run_id = split_settings(), uuid.uuid4().hex
+    appended = []
+
+    def a_stranger_appends(progress):
+        if not appended:
+            fd = holder._shared_file(holder.board.plan())
+            appended.append(os.write(fd, b"stray,row\n"))
+            os.close(fd)
+
+    holder = make_job(services, tmp_path, run_id, "task-a", vector, a_stranger_appends)
+    table = holder.run()
+
+    assert appended and not table["success"], table
+    assert re.search(r"the file holds (\d+) bytes, its chunks wrote (\d+)", table["error"]), table
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_helper_appends_only_to_the_file_of_the_attempt_whose_snapshot_it_joined(services, tmp_path):
+    vector, run_id = split_settings(), uuid.uuid4().hex
+    helper = make_job(services, tmp_path, run_id, "task-b", vector)
+    temp = tmp_path / (f"{EMBEDDING}_{TS}.csv" + vector.backup_temp_suffix)
+    temp.write_bytes(b"header\n")
+    other = tmp_path / "other"
+    other.write_bytes(b"")
+    plan = {"attempt": helper.board.new_attempt(), "file": [temp.stat().st_dev, temp.stat().st_ino]}
+
+    fd = helper._shared_file(plan)
+    assert fd is not None
+    os.close(fd)
+    assert helper._shared_file({**plan, "file": [other.stat().st_dev, other.stat().st_ino]}) is None
+    helper.board.new_attempt()  # a later attempt may have put its own file under the name
+    assert helper._shared_file(plan) is None
+    temp.unlink()
+    assert helper._shared_file({**plan, "attempt": helper.board.attempt()}) is None
+
+
+def test_on_a_network_filesystem_the_helpers_write_part_files(filled, services, tmp_path, monkeypatch):
+    monkeypatch.setattr(split, "appends_safely", lambda directory: False)
+    vector, run_id = split_settings(), uuid.uuid4().hex
+    with watching_for_parts(tmp_path) as parts:
+        holder_thread, held = holder_waiting_for_a_helper(services, tmp_path, run_id, vector)
+        helped = make_job(services, tmp_path, run_id, "task-b", vector).run()
+        holder_thread.join(60)
+    [table] = merge_parts([held[0], helped])
+
+    assert parts and helped["row_count"] > 0, (parts, helped)
+    assert table["success"] and table["row_count"] == count_rows(filled.conn, EMBEDDING), table
     assert_rows_of_a_single_stream(filled.conn, tmp_path / table["backup_file"], tmp_path / "single", vector)
+
+
+def test_a_helper_that_sees_the_file_on_a_network_filesystem_leaves_the_ranges_to_the_holder(
+    filled, services, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(split, "appends_safely", lambda d: threading.current_thread().name != "remote")
+    vector, run_id = split_settings(), uuid.uuid4().hex
+    helped = []
+
+    def run_the_remote_helper(progress):
+        if not helped:
+            remote = threading.Thread(target=lambda: helped.append(helper.run()), name="remote")
+            remote.start()
+            remote.join(30)
+
+    holder = make_job(services, tmp_path, run_id, "task-a", vector, run_the_remote_helper)
+    helper = make_job(services, tmp_path, run_id, "task-b", vector)
+    table = holder.run()
+
+    assert helped[0]["part"] and helped[0]["success"] and helped[0]["row_count"] == 0, helped
+    assert table["success"] and table["row_count"] == count_rows(filled.conn, EMBEDDING), table
+    client = holder.board.client
+    assert not [k for k in client.keys(holder.board.key(1, "claim", "*")) if client.get(k) == b"task-b"]
 
 
 def test_a_redelivered_holder_starts_a_new_attempt_and_finishes(filled, services, tmp_path):
