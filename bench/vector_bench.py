@@ -278,6 +278,7 @@ def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int
     seed(url, rows, dim)
     out = scratch / "out.csv"
     psql_copy_out(url, out)  # warm the cache once
+    os.sync()  # the seeding's writes too
     size = out.stat().st_size
     dump = scratch / "dump.sql"
     results: list[dict] = []
@@ -298,13 +299,14 @@ def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int
     for _ in range(repeat):
         for method, run in methods.items():
             times[method].append(median_time(run, 1))
-            # Untimed: what earlier runs wrote goes, as psql's output is overwritten, so
-            # no method pays for writing back another's files (the newest set stays for
-            # the restore below).
+            # Untimed: what earlier runs wrote goes, as psql's output is overwritten, and
+            # the disk is drained, so no method pays for writing back another's files
+            # (the backups fsync theirs; the newest set stays for the restore below).
             for done in results[:-1] + split:
                 discard_set(done)
             for directory in scratch.glob("packed_*"):
                 shutil.rmtree(directory)
+            os.sync()
     median = {m: statistics.median(t) for m, t in times.items()}
     say(f"{name}: " + "; ".join(f"{m} {[round(x, 2) for x in t]}" for m, t in times.items()))
 
@@ -335,6 +337,12 @@ def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int
         "|---|---|---|---|---|---|---|",
     ]
     lines += [t.line(baseline) for t in timings]
+    ceiling = median[HALVES]
+    lines += [
+        "",
+        f"Range-split, whole chain, against its ceiling (two `psql \\copy` on TID halves, "
+        f"which neither hash nor fsync): {ceiling / median[f'{SPLIT} (whole chain)']:.0%}.",
+    ]
 
     say(f"{name}: restore")
     newest = Path(results[-1]["backup_directory"])

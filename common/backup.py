@@ -310,6 +310,10 @@ def run_table_backup(
         error = target.redact(str(exc))
     except Exception as exc:  # noqa: BLE001 - any surprise is still this table's failure
         error = target.redact(f"{table}: unexpected {type(exc).__name__}: {first_line(exc)}")
+    return failed_backup(table, error, started)
+
+
+def failed_backup(table: str, error: str, started: float) -> TableBackup:
     return TableBackup(
         table=table,
         success=False,

@@ -53,6 +53,7 @@ from common.backup import (
     backup_table,
     copy_query,
     copy_rows,
+    failed_backup,
     header_query,
 )
 from common.config import VectorTableManagement
@@ -666,12 +667,4 @@ def _part(table: str, rows: int, written: int, started: float) -> TableBackup:
 
 
 def _failed(table: str, error: str, started: float, part: bool = True) -> TableBackup:
-    return TableBackup(
-        table=table,
-        success=False,
-        part=part,
-        row_count=0,
-        error=error,
-        duration=round(time.time() - started, 3),
-        started_at=started,
-    )
+    return TableBackup(**failed_backup(table, error, started), part=part)
