@@ -74,7 +74,7 @@ def backup_file_name(table: str, timestamp: str, compression: str = "none") -> s
     return f"{table}_{timestamp}.csv{compression_suffix(compression)}"
 
 
-class _CountingWriter:
+class CountingWriter:
     """The file psycopg2 copies into: it forwards bytes, hashes them and counts CSV records.
 
     libpq hands COPY OUT data over one row per message and psycopg2 makes one `write`
@@ -134,7 +134,7 @@ def _not_hashed(data: bytes) -> None:
 class ChunkCoordinator(Protocol):
     """Shares one table's COPY with other processes (see `common.split`)."""
 
-    def copy(self, conn: Connection, table: str, whole: sql.Composed, writer: _CountingWriter) -> int:
+    def copy(self, conn: Connection, table: str, whole: sql.Composed, writer: CountingWriter) -> int:
         """Every row of `table` into `writer`, header first; the number of rows."""
         ...
 
@@ -235,7 +235,7 @@ def backup_table(
             atomic_output(final, settings.backup_temp_suffix, replace=replace) as out,
             compressing(out, settings.compression) as (sink, file_sha256),
         ):
-            writer = _CountingWriter(sink, settings.progress_every, report)
+            writer = CountingWriter(sink, settings.progress_every, report)
             if chunks is None:
                 rows = copy_rows(conn, table, query, writer, header=True)
             else:

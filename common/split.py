@@ -45,10 +45,10 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
 from common.backup import (
+    CountingWriter,
     ProgressCallback,
     TableBackup,
     TableProgress,
-    _CountingWriter,
     backup_file_name,
     backup_table,
     copy_query,
@@ -268,7 +268,7 @@ class Holder:
         self.part, self.direct, self.on_plan = part, direct, on_plan
         self.queries: list[sql.Composed] = []
 
-    def copy(self, conn: Connection, table: str, whole: sql.Composed, writer: _CountingWriter) -> int:
+    def copy(self, conn: Connection, table: str, whole: sql.Composed, writer: CountingWriter) -> int:
         plan = self._plan(conn, table)
         if len(self.queries) == 1:
             self.board.publish(plan)  # helpers arriving now have nothing to do
