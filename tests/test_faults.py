@@ -42,6 +42,11 @@ while time.monotonic() < deadline:
     except Exception as exc:
         print("client retrying after", type(exc).__name__, file=sys.stderr, flush=True)
     time.sleep(0.5)
+else:
+    from tasks.progress import table_states
+    states = table_states(run_record(run_id))
+    shown = {t: (s["state"], s.get("step"), s.get("rows", s.get("row_count"))) for t, s in states.items()}
+    print("no final state; tables:", shown, file=sys.stderr, flush=True)
 """
 
 
@@ -69,13 +74,17 @@ def wait_for_copy_in_progress(directory: Path, min_bytes: int = 2 << 20, timeout
     raise AssertionError(f"no copy of {EMBEDDING} in progress in {directory}")
 
 
-def final_state(client: subprocess.Popen, timeout: float = 180, supervise=None) -> dict:
+def final_state(
+    client: subprocess.Popen, timeout: float = 180, supervise=None, log: Path | None = None
+) -> dict:
     deadline = time.monotonic() + timeout
     while supervise is not None and client.poll() is None and time.monotonic() < deadline:
         supervise()
         time.sleep(0.2)
     out, err = client.communicate(timeout=max(1, deadline - time.monotonic()))
-    assert out.strip(), f"the client saw no final state: {err}"
+    # The worker's log says where the run stood, should it not have finished.
+    worker_log = log.read_text()[-4000:] if log is not None and log.exists() else ""
+    assert out.strip(), f"the client saw no final state: {err[:2000]}\n--- worker log ---\n{worker_log}"
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -135,7 +144,7 @@ def test_a_pool_process_killed_mid_copy_is_replaced_and_its_backup_re_run(
         for child in psutil.Process(worker.pid).children():
             child.kill()
         assert temp.exists(), "the copy must have been cut off mid-file"
-        final = final_state(client)
+        final = final_state(client, log=log)
     finally:
         stop(worker)
 
@@ -173,7 +182,7 @@ def test_redis_restarted_mid_chain_never_truncates_without_a_verified_backup(
         broker.stop()
         time.sleep(2)
         broker = start_redis(redis_dir, port=port, durable=True)
-        final = final_state(client, supervise=supervise)
+        final = final_state(client, supervise=supervise, log=log)
     finally:
         for worker in workers:
             stop(worker)
