@@ -381,3 +381,60 @@ def test_a_truncate_run_with_a_range_split_table_through_a_real_worker(
     assert log.count("succeeded in") >= 3
     # The second pool process copied a range of its own.
     assert re.search(r"'part': True, 'row_count': [1-9]", log), log[-3000:]
+
+
+def appending_helper(pool: list[psutil.Process], directory: Path) -> psutil.Process | None:
+    """The pool process that appends to the table's `.csv.tmp` without owning it: the
+    holder opened it read-write when creating it, a helper opens it write-only."""
+    for process in pool:
+        try:
+            files = process.open_files()
+        except psutil.Error:
+            continue
+        mine = [f for f in files if f.path.startswith(str(directory)) and f.path.endswith(".csv.tmp")]
+        if mine and all(f.mode == "a" for f in mine):
+            return process
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_a_helper_process_killed_while_appending_through_a_real_worker_loses_no_row(
+    store, services, task_id, task_root, tmp_path
+):
+    rows = 200_000
+    add_bulk_rows(store.conn, store.kind, store.collection_id, rows, dim=64)
+    broker = isolated(services["CELERY_BROKER_URL"], 9)
+    env = {**worker_env(broker), "VECTOR_SPLIT_MIN_MB": "0"}
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log)
+    try:
+        client = send_truncate_run(env, task_id, 150)
+        directory = task_root / task_id / "vector_bak"
+        deadline, helper = time.monotonic() + 60, None
+        while helper is None and time.monotonic() < deadline:
+            helper = appending_helper(psutil.Process(worker.pid).children(), directory)
+        assert helper is not None, "no pool process was seen appending to the table's file"
+        # Killed once it has appended a block of a range (not between opening the file and
+        # claiming one), while the table is far from done.
+        started = helper.io_counters().write_chars
+        while helper.io_counters().write_chars - started < 2**20 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        written = sum(p.stat().st_size for p in directory.glob(f"{EMBEDDING}_*.csv.tmp"))
+        helper.kill()
+        assert written < 60 * 2**20, f"the helper was caught late ({written} bytes of about 120 MB written)"
+        final = final_state(client, log=log)
+    finally:
+        stop(worker)
+
+    assert "exited with 'signal 9 (SIGKILL)'" in log.read_text()
+    assert final["state"] == "SUCCESS", final
+    manifest = verify_set(directory / final["outcome"]["manifest"])
+    assert manifest["tables"][EMBEDDING]["rows"] == rows
+    assert count_rows(store.conn, EMBEDDING) == 0
+    assert not [p for p in directory.iterdir() if ".part" in p.name or p.name.endswith(".tmp")]
+    # The holder saw its helper stop, dropped the file with the helper's blocks, started over.
+    attempt = redis.Redis.from_url(broker).get(
+        f"vector:split:{final['outcome']['run_id']}:{EMBEDDING}:attempt"
+    )
+    assert int(attempt) >= 2
