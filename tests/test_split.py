@@ -355,14 +355,30 @@ def test_a_redelivered_holder_starts_a_new_attempt_and_finishes(filled, services
     assert sorted(p.name for p in tmp_path.iterdir()) == [again["backup_file"]]
 
 
+WORKER_ROWS = 200_000
+
+
+def split_worker_env(store, services, db: int) -> dict:
+    """The store filled with WORKER_ROWS, and a real worker's environment (its own Redis
+    database) in which the embedding table is split whatever its size."""
+    add_bulk_rows(store.conn, store.kind, store.collection_id, WORKER_ROWS, dim=64)
+    return {**worker_env(isolated(services["CELERY_BROKER_URL"], db)), "VECTOR_SPLIT_MIN_MB": "0"}
+
+
+def assert_truncated_after_a_verified_set(store, directory: Path, final: dict, rows: int) -> None:
+    assert final["state"] == "SUCCESS", final
+    manifest = verify_set(directory / final["outcome"]["manifest"])
+    assert manifest["tables"][EMBEDDING]["rows"] == rows
+    assert count_rows(store.conn, EMBEDDING) == 0
+    assert not [p for p in directory.iterdir() if ".part" in p.name or p.name.endswith(".tmp")]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
 def test_a_truncate_run_with_a_range_split_table_through_a_real_worker(
     store, services, task_id, task_root, tmp_path
 ):
-    rows = 200_000
-    add_bulk_rows(store.conn, store.kind, store.collection_id, rows, dim=64)
-    env = {**worker_env(isolated(services["CELERY_BROKER_URL"], 8)), "VECTOR_SPLIT_MIN_MB": "0"}
+    rows, env = WORKER_ROWS, split_worker_env(store, services, 8)
     worker = start_worker(env, tmp_path / "worker.log")  # two pool processes
     try:
         final = final_state(send_truncate_run(env, task_id, 120))
@@ -370,13 +386,8 @@ def test_a_truncate_run_with_a_range_split_table_through_a_real_worker(
     finally:
         stop(worker)
 
-    assert final["state"] == "SUCCESS", final
     assert len(pool) == 2
-    directory = task_root / task_id / "vector_bak"
-    manifest = verify_set(directory / final["outcome"]["manifest"])
-    assert manifest["tables"][EMBEDDING]["rows"] == rows
-    assert count_rows(store.conn, EMBEDDING) == 0
-    assert not [p for p in directory.iterdir() if ".part" in p.name or p.name.endswith(".tmp")]
+    assert_truncated_after_a_verified_set(store, task_root / task_id / "vector_bak", final, rows)
     log = (tmp_path / "worker.log").read_text()
     assert log.count("succeeded in") >= 3
     # The second pool process copied a range of its own.
@@ -402,10 +413,7 @@ def appending_helper(pool: list[psutil.Process], directory: Path) -> psutil.Proc
 def test_a_helper_process_killed_while_appending_through_a_real_worker_loses_no_row(
     store, services, task_id, task_root, tmp_path
 ):
-    rows = 200_000
-    add_bulk_rows(store.conn, store.kind, store.collection_id, rows, dim=64)
-    broker = isolated(services["CELERY_BROKER_URL"], 9)
-    env = {**worker_env(broker), "VECTOR_SPLIT_MIN_MB": "0"}
+    rows, env = WORKER_ROWS, split_worker_env(store, services, 9)
     log = tmp_path / "worker.log"
     worker = start_worker(env, log)
     try:
@@ -428,13 +436,9 @@ def test_a_helper_process_killed_while_appending_through_a_real_worker_loses_no_
         stop(worker)
 
     assert "exited with 'signal 9 (SIGKILL)'" in log.read_text()
-    assert final["state"] == "SUCCESS", final
-    manifest = verify_set(directory / final["outcome"]["manifest"])
-    assert manifest["tables"][EMBEDDING]["rows"] == rows
-    assert count_rows(store.conn, EMBEDDING) == 0
-    assert not [p for p in directory.iterdir() if ".part" in p.name or p.name.endswith(".tmp")]
+    assert_truncated_after_a_verified_set(store, directory, final, rows)
     # The holder saw its helper stop, dropped the file with the helper's blocks, started over.
-    attempt = redis.Redis.from_url(broker).get(
+    attempt = redis.Redis.from_url(env["CELERY_BROKER_URL"]).get(
         f"vector:split:{final['outcome']['run_id']}:{EMBEDDING}:attempt"
     )
     assert int(attempt) >= 2
