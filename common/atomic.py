@@ -23,7 +23,7 @@ def atomic_output(final: Path, temp_suffix: str = ".tmp", replace: bool = False)
     """
     if final.exists() and not replace:
         raise FileExistsError(f"{final.name} already exists; refusing to overwrite a backup")
-    temp = final.with_name(final.name + temp_suffix)
+    temp = temp_path(final, temp_suffix)
     out = _open_temp(temp)
     flusher = _Flusher(out.fileno())
     try:
@@ -42,6 +42,11 @@ def atomic_output(final: Path, temp_suffix: str = ".tmp", replace: bool = False)
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
         raise
+
+
+def temp_path(final: Path, temp_suffix: str) -> Path:
+    """Where `atomic_output` writes `final` until it is complete."""
+    return final.with_name(final.name + temp_suffix)
 
 
 def fsync_directory(directory: Path) -> None:

@@ -44,6 +44,7 @@ import redis
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
+from common.atomic import temp_path
 from common.backup import (
     CountingWriter,
     ProgressCallback,
@@ -559,8 +560,8 @@ class SplitJob:
 
     def _shared_file(self, plan: dict[str, Any]) -> int | None:
         """An appending descriptor on the holder's file, if it is still this attempt's."""
-        final = backup_file_name(self.table, self.timestamp, self.settings.compression)
-        fd = open_for_appending(self.directory / (final + self.settings.backup_temp_suffix), plan["file"])
+        final = self.directory / backup_file_name(self.table, self.timestamp, self.settings.compression)
+        fd = open_for_appending(temp_path(final, self.settings.backup_temp_suffix), plan["file"])
         # The file may be a later attempt's only if that attempt was counted before it.
         if fd is not None and self.board.attempt() != plan["attempt"]:
             os.close(fd)
