@@ -611,7 +611,6 @@ class SplitJob:
                 beat.stop()
             if fd is not None:
                 os.close(fd)
-        report(0, 0)
         return rows, written
 
     def _copy_part(
@@ -630,6 +629,8 @@ class SplitJob:
             error = f"{table}: chunk {chunk + 1} of {len(ranges)} failed: {first_line(exc)}"
             board.finish(plan["attempt"], chunk, {"error": error})
             raise BackupError(error) from exc
+        # Before the outcome: the holder, once it has them all, reports its helper thread's rows.
+        report(writer.records, writer.bytes)
         board.finish(plan["attempt"], chunk, {"rows": writer.records, "bytes": writer.bytes})
         return writer.records, writer.bytes
 

@@ -165,10 +165,18 @@ def test_one_pool_process_does_the_whole_table_alone_and_later_tasks_have_nothin
 
 
 def test_a_holder_appending_parts_copies_ranges_from_a_thread_of_its_own_meanwhile(
-    filled, services, tmp_path
+    filled, services, tmp_path, monkeypatch
 ):
     vector, run_id = split_settings(compression="zstd"), uuid.uuid4().hex
     seen, reports = [], []
+    end_snapshot = split.end_snapshot
+
+    def late_end(conn):  # the thread, done with its chunks, lags behind the holder's last report
+        if threading.current_thread().name == "split-inner":
+            time.sleep(2)
+        end_snapshot(conn)
+
+    monkeypatch.setattr(split, "end_snapshot", late_end)
 
     def first_report(progress):
         if not seen:  # the holder stands still here; only its own helper thread can write parts
