@@ -74,6 +74,43 @@ def median_time(run, repeat: int) -> float:
     return statistics.median(times)
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu() -> tuple[float, float]:
+    """CPU-seconds used so far on this machine (idle, iowait and steal left out) and,
+    of those, by PostgreSQL processes: a run's two cores cannot give it more than
+    their sum over two."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, stat.readline().split()[1:8])
+    server = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                name, fields = f.read().rsplit(")", 1)
+            if name.endswith("(postgres"):
+                server += sum(map(int, fields.split()[11:15]))  # utime stime cutime cstime
+        except OSError:
+            pass  # a process that ended meanwhile
+    return (user + nice + system + irq + softirq) / TICK, server / TICK
+
+
+@dataclass
+class Usage:
+    """One method's median wall time and CPU, in seconds, over its repetitions."""
+
+    wall: float
+    busy: float
+    server: float
+
+    def line(self, method: str, baseline: float) -> str:
+        best = baseline / (self.busy / os.cpu_count())
+        return (
+            f"| {method} | {self.wall:.2f} s | {self.busy:.2f} | {self.server:.2f} | "
+            f"{self.busy - self.server:.2f} | {best:.2f}× |"
+        )
+
+
 def pg_bin(name: str) -> str:
     import pgserver
 
@@ -296,9 +333,12 @@ def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int
     # Interleaved: every repetition runs each method once, so a slow spell of the machine
     # hits all of them rather than one method's repeats.
     times: dict[str, list[float]] = {m: [] for m in methods}
+    cpu: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
     for _ in range(repeat):
         for method, run in methods.items():
+            before = busy_cpu()
             times[method].append(median_time(run, 1))
+            cpu[method].append(tuple(after - b for after, b in zip(busy_cpu(), before, strict=True)))
             # Untimed: what earlier runs wrote goes, as psql's output is overwritten, and
             # the disk is drained, so no method pays for writing back another's files
             # (the backups fsync theirs; the newest set stays for the restore below).
@@ -343,6 +383,22 @@ def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int
         f"Range-split, whole chain, against its ceiling (two `psql \\copy` on TID halves, "
         f"which neither hash nor fsync): {ceiling / median[f'{SPLIT} (whole chain)']:.0%}.",
     ]
+
+    usage = {
+        m: Usage(median[m], statistics.median(c[0] for c in cpu[m]), statistics.median(c[1] for c in cpu[m]))
+        for m in (baseline.method, HALVES, f"{SINGLE} (whole chain)", f"{SPLIT} (whole chain)")
+    }
+    lines += [
+        "",
+        f"Where the time goes: CPU-seconds per run (medians) on the whole machine, of which "
+        f"PostgreSQL's. With every one of the {os.cpu_count()} cores busy throughout, a run "
+        f"could take no less than its CPU-seconds over {os.cpu_count()}: the last column is "
+        f"the ratio to `psql \\copy` that this bound allows.",
+        "",
+        "| method | time | CPU-s | PostgreSQL | client and the rest | best ratio the cores allow |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [u.line(m, baseline.seconds) for m, u in usage.items()]
 
     say(f"{name}: restore")
     newest = Path(results[-1]["backup_directory"])
