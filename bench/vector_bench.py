@@ -79,8 +79,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def busy_cpu() -> tuple[float, float]:
     """CPU-seconds used so far on this machine (idle, iowait and steal left out) and,
-    of those, by PostgreSQL processes: a run's two cores cannot give it more than
-    their sum over two."""
+    of those, by PostgreSQL processes: a run can take no less than its share of the
+    first over the number of cores."""
     with open("/proc/stat") as stat:
         user, nice, system, _idle, _iowait, irq, softirq = map(int, stat.readline().split()[1:8])
     server = 0
