@@ -74,12 +74,31 @@ class RunControl:
     lock_wait: str = "wait"
     lock_retry_delay_s: float = 10.0
     claim_ttl_s: float = 24 * 3600.0
+    # A running task beats every `liveness_window_s / 6`; a run none of whose running
+    # tasks beat for the whole window is abandoned, and its database lock freed.
+    liveness_window_s: float = 30.0
+    # Truncate refuses in a run requested longer ago than this: a late redelivery
+    # (Redis's visibility timeout is 12 h) must never empty a store hours later.
+    truncate_deadline_s: float = 6 * 3600.0
 
     def __post_init__(self) -> None:
         if self.lock_wait not in ("wait", "fail"):
             raise ConfigurationError("VECTOR_LOCK_WAIT must be 'wait' or 'fail'")
-        if min(self.lock_ttl_s, self.lock_retry_delay_s, self.claim_ttl_s) <= 0:
-            raise ConfigurationError("lock and claim times must be positive numbers of seconds")
+        times = (self.lock_ttl_s, self.lock_retry_delay_s, self.claim_ttl_s, self.truncate_deadline_s)
+        if min(times) <= 0:
+            raise ConfigurationError("lock, claim and deadline times must be positive numbers of seconds")
+        if self.liveness_window_s < 3:
+            raise ConfigurationError("VECTOR_LIVENESS_WINDOW must be at least 3 seconds")
+
+    @property
+    def beat_every_s(self) -> float:
+        """How often a running task renews its heartbeat and the run lock."""
+        return self.liveness_window_s / 6
+
+    @property
+    def keep_s(self) -> int:
+        """How long a run's state is kept: while its claim and its truncate deadline last."""
+        return int(max(self.claim_ttl_s, self.truncate_deadline_s) + self.liveness_window_s)
 
 
 @dataclass(frozen=True)
@@ -167,6 +186,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             _number(env, "VECTOR_LOCK_RETRY_DELAY", RunControl.lock_retry_delay_s, float)
         ),
         claim_ttl_s=float(_number(env, "VECTOR_CLAIM_TTL", RunControl.claim_ttl_s, float)),
+        liveness_window_s=float(_number(env, "VECTOR_LIVENESS_WINDOW", RunControl.liveness_window_s, float)),
+        truncate_deadline_s=float(
+            _number(env, "VECTOR_TRUNCATE_DEADLINE", RunControl.truncate_deadline_s, float)
+        ),
     )
     return Settings(
         database=database_from_env(env),

@@ -32,6 +32,8 @@ class DatabaseTarget:
     user: str
     password: str | None = field(default=None, repr=False)
     options: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # A run's connections carry its id here, so a cancel can find every backend of it.
+    application_name: str = APPLICATION_NAME
 
     @classmethod
     def from_url(cls, url: str) -> DatabaseTarget:
@@ -82,12 +84,33 @@ class DatabaseTarget:
 def connect(target: DatabaseTarget, *, autocommit: bool = True) -> Connection:
     """Open a connection or raise `DatabaseUnavailableError` naming the database, not the password."""
     try:
-        conn = psycopg2.connect(target.dsn(), application_name=APPLICATION_NAME, connect_timeout=10)
+        conn = psycopg2.connect(target.dsn(), application_name=target.application_name, connect_timeout=10)
     except psycopg2.Error as exc:
         reason = target.redact(first_line(exc))
         raise DatabaseUnavailableError(f"cannot connect to {target.describe()}: {reason}") from None
     conn.autocommit = autocommit
     return conn
+
+
+def run_application_name(run_id: str) -> str:
+    """What a run's connections call themselves (at most 63 bytes, as PostgreSQL keeps)."""
+    return f"{APPLICATION_NAME} run {run_id}"[:63]
+
+
+def cancel_backends(target: DatabaseTarget, application_name: str) -> int:
+    """Cancel the statement of every backend calling itself `application_name` (a COPY
+    stops at once with "canceling statement due to user request"); how many there were."""
+    conn = connect(target)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (application_name,),
+            )
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
 
 
 def table_identifier(table: str) -> sql.Identifier:

@@ -67,3 +67,12 @@ class TruncateRefusedError(RunFailedError):
 
 class TruncateError(RunFailedError):
     """TRUNCATE itself failed and was rolled back; the backup files are kept."""
+
+
+class RunEndedError(RunFailedError):
+    """The run was cancelled, abandoned, superseded or has already ended: a task of it
+    did nothing (no copy, no truncate), and files it left were removed."""
+
+
+class RunNotCancellable(VectorBackupError):
+    """The run has ended (or is truncating, one short transaction): nothing to cancel."""

@@ -12,7 +12,7 @@ import dataclasses
 import redis
 
 from common.config import Settings
-from common.db import DatabaseTarget
+from common.db import DatabaseTarget, run_application_name
 from common.exceptions import ConfigurationError
 
 
@@ -28,15 +28,18 @@ def store_run_database(client: redis.Redis, run_id: str, url: str, ttl_s: float)
 
 
 def settings_for_run(settings: Settings, client: redis.Redis, run_id: str, external_db: bool) -> Settings:
-    """`settings` with the run's own database when it was given one."""
-    if not external_db:
-        return settings
-    url = client.get(_key(run_id))
-    if url is None:
-        raise ConfigurationError(
-            f"the database given for run {run_id} is no longer known (expired); nothing was done"
-        )
-    return dataclasses.replace(settings, database=DatabaseTarget.from_url(url.decode()))
+    """`settings` with the run's own database when it was given one; the run's connections
+    carry its id (`run_application_name`), so a cancel finds them."""
+    database = settings.database
+    if external_db:
+        url = client.get(_key(run_id))
+        if url is None:
+            raise ConfigurationError(
+                f"the database given for run {run_id} is no longer known (expired); nothing was done"
+            )
+        database = DatabaseTarget.from_url(url.decode())
+    database = dataclasses.replace(database, application_name=run_application_name(run_id))
+    return dataclasses.replace(settings, database=database)
 
 
 def forget_run_database(client: redis.Redis, run_id: str) -> None:

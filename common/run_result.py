@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from common.backup import TableBackup
 from common.exceptions import TruncateRefusedError
@@ -20,6 +20,7 @@ class RunRequest(TypedDict):
     timestamp: str
     truncate_requested: bool
     external_db: bool
+    requested_at: NotRequired[float]  # when the caller asked; truncate's deadline counts from it
 
 
 class VectorRunResult(TypedDict, total=False):
@@ -33,6 +34,7 @@ class VectorRunResult(TypedDict, total=False):
     manifest: str
     duration: float
     started_at: float
+    requested_at: float
     run_id: str
     external_db: bool
     task_id: str | None
@@ -60,6 +62,7 @@ def aggregate_backups(
         backup_directory=str(backup_directory),
         duration=round(time.time() - started_at, 3),
         started_at=started_at,
+        requested_at=request.get("requested_at", started_at),
         run_id=request["run_id"],
         external_db=request.get("external_db", False),
         task_id=request["task_id"],

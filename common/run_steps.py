@@ -5,7 +5,9 @@ The Celery tasks call exactly these; so can any other orchestrator or a test.
 
 from __future__ import annotations
 
+import glob
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common.backup import ProgressCallback, TableBackup, backup_table, run_table_backup
@@ -151,10 +153,15 @@ def _fail(result: VectorRunResult, error: str) -> None:
 
 
 def truncate_after_backup(
-    settings: Settings, backup_result: VectorRunResult, lock: RunLock | None = None
+    settings: Settings,
+    backup_result: VectorRunResult,
+    lock: RunLock | None = None,
+    may_truncate: Callable[[], None] | None = None,
 ) -> VectorRunResult:
     """Truncate the configured tables only if `backup_result` is a proven, complete set
-    and, with a `lock`, only while this run still holds the database's run lock.
+    of a run requested within `VECTOR_TRUNCATE_DEADLINE` and, with a `lock`, only while
+    this run still holds the database's run lock. `may_truncate` is asked last, right
+    before the tables are emptied, and raises `TruncateRefusedError` to refuse.
 
     Appends the outcome to the set's log either way. Raises a `RunFailedError` carrying
     the result when it refuses or fails; the backup files are never touched. The lock is
@@ -167,6 +174,7 @@ def truncate_after_backup(
         # Cheap checks first; reading every file for its sha256 comes last but one, and
         # the lock is renewed right before the truncate that needs it.
         counts = verified_row_counts(backup_result, settings.vector.supported_tables, directory)
+        _check_deadline(backup_result, settings.runs.truncate_deadline_s)
         if backup_result.get("database") != settings.database.identity:
             raise TruncateRefusedError(
                 f"the backup was taken from {backup_result.get('database')}, not from "
@@ -191,6 +199,8 @@ def truncate_after_backup(
                 f"this run no longer holds the lock on {settings.database.describe()} "
                 f"(now held by {lock.holder() or 'nobody'}); nothing was truncated"
             )
+        if may_truncate is not None:
+            may_truncate()
         conn = connect(settings.database)
         try:
             result["truncate_results"] = truncate_tables(
@@ -216,6 +226,35 @@ def truncate_after_backup(
     result["duration"] = _since(result)
     append_truncate_block(directory, result, preserved)
     return result
+
+
+def _check_deadline(result: VectorRunResult, deadline_s: float) -> None:
+    requested_at = result.get("requested_at") or result.get("started_at") or 0.0
+    age = time.time() - requested_at
+    if age > deadline_s:
+        raise TruncateRefusedError(
+            f"the run was requested {age / 3600:.1f} h ago, more than VECTOR_TRUNCATE_DEADLINE "
+            f"({deadline_s:g} s): a late run never empties a store; nothing was truncated"
+        )
+
+
+def discard_unfinished_set(settings: Settings, task_id: str | None, timestamp: str) -> list[str]:
+    """Remove what a stopped (cancelled or abandoned) run left in its directory: temp and
+    part files always, table files too unless the set has a manifest (a complete,
+    verifiable set is kept). Only names bearing the run's own timestamp; the names removed.
+    """
+    directory = settings.backup_directory(task_id)
+    if not directory.is_dir():
+        return []
+    stamp = glob.escape(timestamp)
+    suffix = glob.escape(settings.vector.backup_temp_suffix)
+    doomed = set(directory.glob(f"*_{stamp}.*{suffix}"))
+    if not (directory / manifest_name(timestamp)).exists():
+        for table in settings.vector.supported_tables:
+            doomed.update(directory.glob(f"{glob.escape(table)}_{stamp}.csv*"))
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return sorted(p.name for p in doomed)
 
 
 def _since(result: VectorRunResult) -> float:

@@ -67,6 +67,7 @@ from common.db import (
     table_identifier,
 )
 from common.exceptions import BackupError, VectorBackupError
+from common.periodic import Periodic
 from common.shared_file import (
     TailHasher,
     append_from,
@@ -97,14 +98,12 @@ return 0
 
 
 class Heartbeat:
-    """Keeps Redis keys alive from a thread while this process works (COPY releases the GIL)."""
+    """Keeps Redis keys alive from a thread while this process works."""
 
     def __init__(self, client: redis.Redis, *keys: str) -> None:
         self._client, self._keys = client, list(keys)
-        self._stop = threading.Event()
         self._beat()
-        self._thread = threading.Thread(target=self._run, name="split-heartbeat", daemon=True)
-        self._thread.start()
+        self._periodic = Periodic(self._beat, BEAT_EVERY_S, "split-heartbeat")
 
     def add(self, key: str) -> None:
         self._keys.append(key)
@@ -119,13 +118,8 @@ class Heartbeat:
         except redis.RedisError:
             pass  # a missed beat only makes the others presume this process dead: safe
 
-    def _run(self) -> None:
-        while not self._stop.wait(BEAT_EVERY_S):
-            self._beat()
-
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._periodic.stop()
 
 
 class SplitBoard:

@@ -9,33 +9,30 @@ connection string; workers read the database from their own environment.
 
 from __future__ import annotations
 
-import functools
 import time
 import uuid
 from datetime import datetime
 
-import redis
 from celery import Signature, chord
 from celery.result import AsyncResult
 
 from common.backup import TableBackup
 from common.config import Settings, load_settings, validate_task_id
+from common.exceptions import BackupFailedError, RunEndedError
 from common.run_database import forget_run_database, settings_for_run
 from common.run_lock import RunLock
 from common.run_result import RunRequest, VectorRunResult
 from common.run_steps import back_up_table, close_backup_set, truncate_after_backup
 from common.sizes import format_size
 from common.split import SplitBoard
+from tasks.run_guard import redis_client, run_lock, run_states, run_task
 from worker import app
+
+__all__ = ["backup_table", "backup_vector_tables", "redis_client", "run_lock", "truncate_vector_tables"]
 
 
 class DatabaseBusy(Exception):
     """Another run holds this database's lock (a retry reason, never a final state)."""
-
-
-@functools.cache
-def redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
 
 
 def run_settings(run: RunRequest | VectorRunResult) -> Settings:
@@ -45,16 +42,27 @@ def run_settings(run: RunRequest | VectorRunResult) -> Settings:
     return settings_for_run(settings, client, str(run.get("run_id")), bool(run.get("external_db")))
 
 
-def run_lock(settings: Settings, run_id: str) -> RunLock:
-    client = redis_client(settings.runs.redis_url)
-    return RunLock(client, settings.database.identity, run_id, settings.runs.lock_ttl_s)
+def take_lock(settings: Settings, lock: RunLock) -> bool:
+    """The database's run lock for this run; a holder whose workers died loses it here,
+    once its liveness window has passed, instead of at the lock's expiry."""
+    if lock.acquire():
+        return True
+    holder = lock.holder()
+    if holder is not None:
+        run_states(settings).status(holder)  # judges the holder; an abandoned run frees its lock
+    return lock.acquire()
 
 
-@app.task(name="vector.backup_table", bind=True, max_retries=None)
+@app.task(name="vector.backup_table", bind=True, max_retries=None, throws=(RunEndedError,))
 def backup_table(self, table: str, request: RunRequest, split: bool = False) -> TableBackup:
     settings = run_settings(request)
-    lock = run_lock(settings, request["run_id"])
-    if not lock.acquire():
+    with run_task(settings, request, self.request.id, last_step=False) as task:
+        return _back_up(self, settings, table, request, split, task)
+
+
+def _back_up(self, settings: Settings, table: str, request: RunRequest, split: bool, task) -> TableBackup:
+    lock = task.lock
+    if not take_lock(settings, lock):
         busy = f"{settings.database.describe()} is busy with run {lock.holder()}"
         if settings.runs.lock_wait == "wait":
             # Re-queued with a countdown; RETRY in the result backend and Flower says why.
@@ -78,7 +86,9 @@ def backup_table(self, table: str, request: RunRequest, split: bool = False) -> 
     board = None
     if split:  # one of the table's range-split tasks (decided when the run was built)
         board = SplitBoard(redis_client(settings.runs.redis_url), request["run_id"], table, self.request.id)
-    return back_up_table(settings, request, table, on_progress=report, lock=lock, board=board)
+    result = back_up_table(settings, request, table, on_progress=report, lock=lock, board=board)
+    task.check()  # a copy stopped by a cancel is the run's end, not this table's failure
+    return result
 
 
 def splits(settings: Settings, table: str) -> bool:
@@ -96,25 +106,37 @@ def progress_line(progress: dict) -> str:
     )
 
 
-@app.task(name="vector.backup_vector_tables")
-def backup_vector_tables(tables: list[TableBackup], request: RunRequest) -> VectorRunResult:
+@app.task(name="vector.backup_vector_tables", bind=True, throws=(RunEndedError,))
+def backup_vector_tables(self, tables: list[TableBackup], request: RunRequest) -> VectorRunResult:
     settings = run_settings(request)
     ends_run = True
+    last_step = not request["truncate_requested"]
+    states = run_states(settings)
     try:
-        result = close_backup_set(settings, request, tables, lock=run_lock(settings, request["run_id"]))
-        ends_run = not request["truncate_requested"]
-        return result
+        with run_task(settings, request, self.request.id, last_step=last_step) as task:
+            task.check()
+            try:
+                result = close_backup_set(settings, request, tables, lock=task.lock)
+            except BackupFailedError as exc:
+                states.record_tables(request["run_id"], (exc.result or {}).get("tables_backed_up", {}))
+                raise
+            states.record_tables(request["run_id"], result["tables_backed_up"])
+            ends_run = last_step
+            return result
     finally:
         if ends_run:
             forget_run_database(redis_client(settings.runs.redis_url), request["run_id"])
 
 
-@app.task(name="vector.truncate_vector_tables")
-def truncate_vector_tables(backup_result: VectorRunResult) -> VectorRunResult:
+@app.task(name="vector.truncate_vector_tables", bind=True, throws=(RunEndedError,))
+def truncate_vector_tables(self, backup_result: VectorRunResult) -> VectorRunResult:
     settings = run_settings(backup_result)
     run_id = str(backup_result.get("run_id", ""))
     try:
-        return truncate_after_backup(settings, backup_result, lock=run_lock(settings, run_id))
+        if not run_id:  # not a run's result: the engine refuses it for what it lacks
+            return truncate_after_backup(settings, backup_result)
+        with run_task(settings, backup_result, self.request.id, last_step=True) as task:
+            return truncate_after_backup(settings, backup_result, task.lock, task.may_truncate)
     finally:
         forget_run_database(redis_client(settings.runs.redis_url), run_id)
 
@@ -143,6 +165,7 @@ def build_vector_workflow(
         timestamp=(now or datetime.now()).strftime(settings.vector.timestamp_format),
         truncate_requested=truncate,
         external_db=external_db,
+        requested_at=time.time(),
     )
     header = []
     for table in settings.vector.supported_tables:

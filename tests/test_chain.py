@@ -11,7 +11,8 @@ import redis
 
 from common.compression import open_binary
 from common.config import load_settings
-from common.exceptions import BackupFailedError, TruncateRefusedError
+from common.exceptions import BackupFailedError, RunEndedError, TruncateRefusedError
+from common.run_steps import truncate_after_backup
 from tasks.vector_backup import backup_table, build_vector_workflow, run_lock, truncate_vector_tables
 from tests.conftest import FAKE_PASSWORD
 from tests.runs import backup_half_of_truncate_run
@@ -194,10 +195,15 @@ def test_truncate_refuses_when_rows_changed_but_their_count_did_not(store, task_
 def test_truncate_refuses_a_backup_not_taken_for_a_truncate(store, task_id):
     add_bulk_rows(store.conn, store.kind, store.collection_id, 300)
     result = run(task_id, truncate=False).get(timeout=TIMEOUT)
-    assert run_lock(load_settings(), result["run_id"]).acquire()
+    lock = run_lock(load_settings(), result["run_id"])
+    assert lock.acquire()
 
-    with pytest.raises(TruncateRefusedError, match="not taken for a truncate"):
+    # A truncate task sent for a backup-only run that has ended does nothing at all...
+    with pytest.raises(RunEndedError, match="is succeeded; this task did nothing"):
         truncate_vector_tables.delay(result).get(timeout=TIMEOUT)
+    # ...and the engine, asked directly, refuses the set for what it lacks.
+    with pytest.raises(TruncateRefusedError, match="not taken for a truncate"):
+        truncate_after_backup(load_settings(), result, lock)
     assert count_rows(store.conn, "langchain_pg_embedding") == 300
 
 

@@ -21,10 +21,18 @@ from common import result as envelope
 from common.catalog import find_set, list_sets, set_file
 from common.config import ApiSettings, Settings, load_api_settings, load_settings
 from common.db import connect
-from common.exceptions import ConfigurationError, DatabaseUnavailableError, VerifyError
-from tasks.pipeline import enqueue_vector_management, run_record, run_result
+from common.exceptions import ConfigurationError, DatabaseUnavailableError, RunNotCancellable, VerifyError
+from common.run_state import STOPPED
+from tasks.pipeline import (
+    cancel_run,
+    enqueue_vector_management,
+    run_record,
+    run_result,
+    run_status,
+    stopped_message,
+)
 from worker.api_params import ForbiddenDatabase, InvalidParams, check_db_connection, parse_backup_body
-from worker.api_views import failure, job_status, run_data
+from worker.api_views import failure, job_status, run_data, run_view
 from worker.openapi import PREFIX, openapi_spec
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -117,13 +125,25 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
             db_connection=params.db_connection,
             settings=settings,
         )
-        final = run_result(run_record(answer["run_id"], settings))
+        job_id = answer["run_id"]
+        final = run_result(run_record(job_id, settings))
         deadline = time.monotonic() + (api.wait_s if params.wait else 0)
         while not final.ready() and time.monotonic() < deadline:
+            status = run_status(job_id, settings)
+            if status is not None and status["state"] in STOPPED:
+                return stopped(job_id, status)
             time.sleep(0.2)
         if not final.ready():
-            return accepted(answer["run_id"], answer["message"])
-        return finished(answer["run_id"], final)
+            return accepted(job_id, answer["message"])
+        return finished(job_id, final)
+
+    def stopped(job_id: str, status) -> Response:
+        """A run cancelled or abandoned (its workers died) while the request waited."""
+        error_type = "RUN_CANCELLED" if status["state"] == "cancelled" else "RUN_ABANDONED"
+        body = envelope.internal_error_response(
+            stopped_message(status), error_type, can_retry=True, job_id=job_id
+        )
+        return reply(body)
 
     def accepted(job_id: str, message: str) -> Response:
         status_url = url_for("job", job_id=job_id)
@@ -142,7 +162,19 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
         record = run_record(job_id, settings) if JOB_ID.match(job_id) else None
         if record is None:
             return reply(envelope.not_found_response(f"no job {job_id[:64]!r} (never sent, or expired)"))
-        return reply(envelope.success_response(job_status(record, run_result(record))))
+        status = run_status(job_id, settings)
+        return reply(envelope.success_response(job_status(record, run_result(record), status)))
+
+    @web.delete(f"{PREFIX}/backup/<job_id>")
+    def cancel_job(job_id: str):
+        if not JOB_ID.match(job_id) or run_status(job_id, settings) is None:
+            return reply(envelope.not_found_response(f"no job {job_id[:64]!r} (never sent, or expired)"))
+        try:
+            status = cancel_run(job_id, settings)
+        except RunNotCancellable as exc:
+            return reply(envelope.error_response(409, "Conflict", str(exc), "RUN_NOT_CANCELLABLE"))
+        data = {"response": f"job {job_id} cancelled", "job_id": job_id, "run": run_view(status)}
+        return reply(envelope.success_response(data))
 
     @web.get(f"{PREFIX}/backups")
     def backups():

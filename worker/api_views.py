@@ -61,8 +61,19 @@ def failure(exc: BaseException) -> tuple[str, str, dict[str, Any] | None]:
     return error_type, str(reason), result
 
 
-def job_status(record: dict[str, Any], final: AsyncResult) -> dict[str, Any]:
-    """State, per-table progress from the task meta, and the result or error."""
+def run_view(status: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run's recorded state: queued, running, succeeded, failed, cancelled or abandoned."""
+    if status is None:
+        return None
+    fields = ("state", "reason", "requested_at", "started_at", "heartbeat_at", "finished_at", "superseded_by")
+    return {k: status.get(k) for k in fields}
+
+
+def job_status(
+    record: dict[str, Any], final: AsyncResult, run: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Celery's state of the last task, the run's recorded state (`run`), per-table
+    progress from the task meta, and the result or error."""
     tables = {}
     for table, info in table_states(record).items():
         if info["state"] == "PROGRESS":
@@ -76,6 +87,7 @@ def job_status(record: dict[str, Any], final: AsyncResult) -> dict[str, Any]:
         "task_id": record.get("task_id"),
         "truncate_requested": bool(record.get("truncate")),
         "state": final.state,
+        "run": run_view(run),
         "tables": tables,
     }
     if final.successful():
@@ -85,4 +97,9 @@ def job_status(record: dict[str, Any], final: AsyncResult) -> dict[str, Any]:
         status["error"] = {"error_type": error_type, "reason": reason}
         if result:
             status["result"] = run_data(result, record["run_id"])
+    elif run is not None and run["state"] in ("cancelled", "abandoned"):
+        # Its last task will never report: the recorded state is the whole answer.
+        error_type = "RUN_CANCELLED" if run["state"] == "cancelled" else "RUN_ABANDONED"
+        reason = f"run {record['run_id']} was {run['state']}: {run.get('reason') or ''}".rstrip(": ")
+        status["error"] = {"error_type": error_type, "reason": reason}
     return status

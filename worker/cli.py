@@ -88,12 +88,23 @@ def run(
     if answer["run_id"] is None:
         report(None, None, as_json)
         return
-    console.print(answer["message"])
+    console.print(answer["message"], soft_wrap=True)
     if not wait:
         click.echo(answer["run_id"])
         console.print(f"follow it with: python -m worker follow {answer['run_id']}")
         return
-    sys.exit(follow_run(answer["run_id"], timeout, as_json))
+    code, state = follow_run(answer["run_id"], timeout, as_json)
+    if state == "abandoned" and not answer["enqueued"]:
+        # The run this call joined lost its workers: this call's request still stands.
+        again = enqueue_vector_management(
+            task_id,
+            backup=backup_vector_tables,
+            truncate=truncate_vector_tables,
+            db_connection=db_connection,
+        )
+        console.print(again["message"], soft_wrap=True)
+        code, state = follow_run(again["run_id"], timeout, as_json)
+    sys.exit(code)
 
 
 @cli.command()
@@ -102,7 +113,68 @@ def run(
 @json_option
 def follow(run_id, timeout, as_json):
     """Show a run's live progress per table, then its summary."""
-    sys.exit(follow_run(run_id, timeout, as_json))
+    sys.exit(follow_run(run_id, timeout, as_json)[0])
+
+
+@cli.command()
+@click.argument("run_id")
+def cancel(run_id):
+    """Cancel a queued or running run: its COPYs stop, its unfinished files are removed,
+    its database lock is freed, and it never truncates. Exit 1 if it has already ended."""
+    from common.exceptions import ConfigurationError, RunNotCancellable
+    from tasks.pipeline import cancel_run
+
+    try:
+        status = cancel_run(run_id)
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+    except RunNotCancellable as exc:
+        click.echo(f"✗ {exc}")
+        sys.exit(1)
+    click.echo(f"✓ run {run_id} cancelled; its running tasks stop within a few seconds")
+    click.echo(status_line(status))
+
+
+@cli.command()
+@click.option("--limit", default=20, show_default=True, help="How many runs, newest first.")
+@json_option
+def runs(limit, as_json):
+    """Recent runs: id, task id, database, state, started, last heartbeat, tables."""
+    from tasks.pipeline import recent_runs
+
+    found = recent_runs(limit)
+    if as_json:
+        click.echo(json.dumps({"runs": found}, ensure_ascii=False))
+        return
+    if not found:
+        click.echo("no runs recorded")
+        return
+    for status in found:
+        click.echo(status_line(status))
+
+
+def status_line(status: dict) -> str:
+    """`<run id>  <task id>  <database>  <state>  started ...  heartbeat ...  <tables>`, one line,
+    then the reason, if any, on the next."""
+    db = status.get("database") or {}
+    where = "{user}@{host}:{port}/{dbname}".format(**db) if db else "-"
+    started = _when(status.get("started_at"))
+    beat = _when(status.get("heartbeat_at"))
+    tables = "; ".join(
+        f"{name}: {info['rows']:,} rows" if info.get("success") else f"{name}: FAILED"
+        for name, info in (status.get("tables") or {}).items()
+    )
+    line = (
+        f"{status['run_id']}  {status.get('task_id') or '-'}  {where}  {status['state']}  "
+        f"started {started}  heartbeat {beat}  {tables or '-'}"
+    )
+    return line + (f"\n    {status['reason']}" if status.get("reason") else "")
+
+
+def _when(moment: float | None) -> str:
+    if not moment:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
 
 
 @cli.command()
@@ -182,8 +254,9 @@ def api(host, port, threads):
     serve(host, port, threads)
 
 
-def follow_run(run_id: str, timeout: float, as_json: bool) -> int:
-    from tasks.pipeline import run_record, run_result
+def follow_run(run_id: str, timeout: float, as_json: bool) -> tuple[int, str | None]:
+    """Follow the run to its end: (exit status, the run's recorded state)."""
+    from tasks.pipeline import run_record, run_result, run_status, stopped_message
     from tasks.progress import table_states
 
     record = run_record(run_id)
@@ -205,26 +278,34 @@ def follow_run(run_id: str, timeout: float, as_json: bool) -> int:
             for name in dict.fromkeys(record["tables"].values())
         }
         while not final.ready():
+            status = run_status(run_id)
+            if status is not None and status["state"] in ("cancelled", "abandoned"):
+                # A dead run's last task never reports: its state says so within the window.
+                report(None, stopped_message(status), as_json)
+                return 1, status["state"]
             if time.monotonic() > deadline:
                 console.print(
                     f"still running after {timeout:g}s; follow it with: python -m worker follow {run_id}"
                 )
-                return 1
+                return 1, None
             for table, state in table_states(record).items():
                 update_bar(progress, bars[table], state)
             time.sleep(0.25)
         for table, state in table_states(record).items():
             update_bar(progress, bars[table], state)
+    status = run_status(run_id)
+    state = status["state"] if status else None
     try:
         stats = final.get(timeout=5, propagate=True)
     except RunFailedError as exc:
         report(exc.result, str(exc), as_json)
-        return 1
+        return 1, state
     except (VectorBackupError, CeleryTimeout, Exception) as exc:  # noqa: BLE001 - any failure is reported
-        report(None, f"{type(exc).__name__}: {exc}", as_json)
-        return 1
+        message = stopped_message(status) if state in ("cancelled", "abandoned") else None
+        report(None, message or f"{type(exc).__name__}: {exc}", as_json)
+        return 1, state
     report(stats, None, as_json)
-    return 0
+    return 0, state
 
 
 def update_bar(progress: Progress, bar, info: dict) -> None:

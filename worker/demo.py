@@ -128,7 +128,7 @@ def run_chain(pg_url: str, before: dict[str, int]) -> int:
     task_id = "demo_" + time.strftime("%Y%m%d_%H%M%S")
     say(f"python -m worker run --task-id {task_id} --backup-vector-tables --truncate-vector-tables")
     run_id = enqueue_vector_management(task_id, backup=True, truncate=True)["run_id"]
-    if follow_run(run_id, timeout=600, as_json=False) != 0:
+    if follow_run(run_id, timeout=600, as_json=False)[0] != 0:
         return 1
     directory = run_result(run_record(run_id)).result["backup_directory"]
     conn = connect(DatabaseTarget.from_url(pg_url))

@@ -80,6 +80,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "missing or wrong bearer token (when API_TOKEN is set)",
         403: "db_connection host not allowed",
         404: "not found",
+        409: "the run has already ended (or is truncating): nothing to cancel",
         413: "body too large",
         500: "the run failed",
         503: "broker or database unreachable; can_retry is true",
@@ -137,9 +138,28 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 }
             },
-            f"{PREFIX}/backup/{{job_id}}": _get(
-                "A job's state, per-table progress, and result or error", ["job_id"], "the job", 401, 404, 503
-            ),
+            f"{PREFIX}/backup/{{job_id}}": {
+                **_get(
+                    "A job's state (`run.state`: queued, running, succeeded, failed, cancelled, abandoned), "
+                    "per-table progress, and result or error",
+                    ["job_id"],
+                    "the job",
+                    401,
+                    404,
+                    503,
+                ),
+                "delete": {
+                    "summary": "Cancel a queued or running job: its COPYs stop, its unfinished files are "
+                    "removed, its database lock is freed, and it never truncates",
+                    "parameters": [
+                        {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": _json(_envelope(GENERIC_DATA, True), "the job is cancelled"),
+                        **_errors(401, 404, 409, 503),
+                    },
+                },
+            },
             f"{PREFIX}/backups": _get("Backup sets under the task root, newest first", [], "the sets", 401),
             f"{PREFIX}/backups/{{set_name}}": _get(
                 "One set's manifest", ["set_name"], "the manifest", 401, 404

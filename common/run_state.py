@@ -1,0 +1,326 @@
+"""What became of a run: its recorded state, the heartbeats of its tasks, and who may end it.
+
+    queued -> running -> succeeded | failed | cancelled | abandoned
+
+Every task of a run begins by asking the record whether the run is still live, keeps a
+heartbeat (a key that expires after the liveness window) while it works, and ends by
+saying so. A run some of whose tasks are running, none of which beats any more, lost
+its workers: whoever looks at it next (a task, a client, the next run waiting for its
+database) records it as abandoned and frees its database lock. A run between two steps
+(no task running) is waiting for a worker, not dead.
+
+Every transition is one Lua script, so two observers never both win one: ten clients
+and a redelivered task may judge the same run at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypedDict
+
+import redis
+
+from common.config import RunControl
+from common.run_lock import lock_name
+
+QUEUED, RUNNING = "queued", "running"
+SUCCEEDED, FAILED, CANCELLED, ABANDONED = "succeeded", "failed", "cancelled", "abandoned"
+LIVE = (QUEUED, RUNNING)
+ENDED = (SUCCEEDED, FAILED, CANCELLED, ABANDONED)
+# A run's task ends at once in these: it must neither copy, truncate nor keep files.
+STOPPED = (CANCELLED, ABANDONED)
+INDEX = "vector:runs"
+# A Redis restart must not fail a run's task for want of its record: calls wait this long.
+REDIS_PATIENCE_S = 60.0
+
+# KEYS[1] state hash, KEYS[2] task hash. ARGV[1] beat key prefix, ARGV[2] now, ARGV[3] reason.
+# Running tasks none of which beats: the run lost its workers. Its lock goes with it.
+JUDGE = """
+local function judge()
+  local state = redis.call('HGET', KEYS[1], 'state')
+  if state ~= 'running' then return state end
+  local tasks = redis.call('HGETALL', KEYS[2])
+  local running = 0
+  for i = 1, #tasks, 2 do
+    if tasks[i + 1] == 'running' then
+      running = running + 1
+      if redis.call('EXISTS', ARGV[1] .. tasks[i]) == 1 then return state end
+    end
+  end
+  if running == 0 then return state end
+  redis.call('HSET', KEYS[1], 'state', 'abandoned', 'reason', ARGV[3], 'finished_at', ARGV[2])
+  local lock = redis.call('HGET', KEYS[1], 'lock')
+  if lock and redis.call('GET', lock) == redis.call('HGET', KEYS[1], 'run_id') then
+    redis.call('DEL', lock)
+  end
+  return 'abandoned'
+end
+"""
+# ARGV[4] task id, ARGV[5] liveness window, ARGV[6] keep seconds.
+BEGIN = (
+    JUDGE
+    + """
+local state = judge()
+if not state then return 'missing' end
+if state ~= 'queued' and state ~= 'running' then return state end
+redis.call('HSET', KEYS[1], 'state', 'running', 'heartbeat_at', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[4], 'running')
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('SET', ARGV[1] .. ARGV[4], 1, 'EX', ARGV[5])
+return 'running'
+"""
+)
+# ARGV[4] task id, ARGV[5] liveness window. Only a task of a live run beats.
+BEAT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'running' and redis.call('HGET', KEYS[2], ARGV[4]) == 'running' then
+  redis.call('SET', ARGV[1] .. ARGV[4], 1, 'EX', ARGV[5])
+  redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[2])
+end
+return state
+"""
+END = """
+redis.call('HSET', KEYS[2], ARGV[4], 'done')
+redis.call('DEL', ARGV[1] .. ARGV[4])
+return redis.call('HGET', KEYS[1], 'state')
+"""
+# ARGV[4] the new state, ARGV[5..] the states it may follow.
+FINISH = (
+    JUDGE
+    + """
+local state = judge()
+for i = 5, #ARGV do
+  if state == ARGV[i] then
+    redis.call('HSET', KEYS[1], 'state', ARGV[4], 'reason', ARGV[3], 'finished_at', ARGV[2])
+    local lock = redis.call('HGET', KEYS[1], 'lock')
+    if lock and redis.call('GET', lock) == redis.call('HGET', KEYS[1], 'run_id') then
+      redis.call('DEL', lock)
+    end
+    return 'ok'
+  end
+end
+return state or 'missing'
+"""
+)
+# Once truncating, a run can no longer be cancelled: the TRUNCATE is one short transaction.
+CANCEL = (
+    JUDGE
+    + """
+local state = judge()
+if state ~= 'queued' and state ~= 'running' then return state or 'missing' end
+if redis.call('HGET', KEYS[1], 'truncating') == '1' then return 'truncating' end
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', ARGV[3], 'finished_at', ARGV[2])
+local lock = redis.call('HGET', KEYS[1], 'lock')
+if lock and redis.call('GET', lock) == redis.call('HGET', KEYS[1], 'run_id') then
+  redis.call('DEL', lock)
+end
+return 'ok'
+"""
+)
+TRUNCATING = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'running' then redis.call('HSET', KEYS[1], 'truncating', '1') end
+return state or 'missing'
+"""
+# KEYS[1] the claim. ARGV[1] the run it must still name, ARGV[2] the new run, ARGV[3] ttl.
+SWAP_CLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+class RunStatus(TypedDict, total=False):
+    run_id: str
+    task_id: str | None
+    database: dict[str, Any]
+    truncate: bool
+    state: str
+    reason: str
+    requested_at: float
+    started_at: float | None
+    heartbeat_at: float | None
+    finished_at: float | None
+    superseded_by: str | None
+    tables: dict[str, dict[str, Any]]
+
+
+class RunStates:
+    """The state records of runs, in the run lock's Redis."""
+
+    def __init__(self, client: redis.Redis, control: RunControl) -> None:
+        self.client, self.control = client, control
+        self._scripts = {
+            name: client.register_script(source)
+            for name, source in (
+                ("judge", JUDGE + "return judge()"),
+                ("begin", BEGIN),
+                ("beat", BEAT),
+                ("end", END),
+                ("finish", FINISH),
+                ("cancel", CANCEL),
+                ("truncating", TRUNCATING),
+                ("swap_claim", SWAP_CLAIM),
+            )
+        }
+
+    @staticmethod
+    def _keys(run_id: str) -> list[str]:
+        return [f"vector:run-state:{run_id}", f"vector:run-tasks:{run_id}"]
+
+    def _call(
+        self, script: str, run_id: str, reason: str = "", *more: Any, patience: float = -1
+    ) -> str | None:
+        def call() -> Any:
+            args = [f"vector:run-beat:{run_id}:", repr(time.time()), reason, *more]
+            return self._scripts[script](keys=self._keys(run_id), args=args)
+
+        value = patiently(call, REDIS_PATIENCE_S if patience < 0 else patience)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def _dead_reason(self, run_id: str) -> str:
+        window = self.control.liveness_window_s
+        return f"its workers stopped: no running task of run {run_id} beat for {window:g} s"
+
+    def create(
+        self,
+        run_id: str,
+        task_id: str | None,
+        database: Mapping[str, Any],
+        truncate: bool,
+        requested_at: float | None = None,
+    ) -> None:
+        """Record a run as queued; it shows in `recent` until it expires."""
+        requested_at = time.time() if requested_at is None else requested_at
+        key = self._keys(run_id)[0]
+        record = {
+            "run_id": run_id,
+            "task_id": task_id or "",
+            "database": json.dumps(dict(database)),
+            "lock": lock_name(database),
+            "truncate": int(truncate),
+            "state": QUEUED,
+            "requested_at": repr(requested_at),
+        }
+        with self.client.pipeline() as pipe:
+            pipe.hsetnx(key, "state", QUEUED)  # never resets a run that already began
+            pipe.hset(key, mapping={k: v for k, v in record.items() if k != "state"})
+            pipe.expire(key, self.control.keep_s)
+            pipe.zadd(INDEX, {run_id: requested_at})
+            pipe.zremrangebyscore(INDEX, "-inf", time.time() - self.control.keep_s)
+            pipe.execute()
+
+    def forget(self, run_id: str) -> None:
+        """Drop a run that was never sent."""
+        with self.client.pipeline() as pipe:
+            pipe.delete(*self._keys(run_id))
+            pipe.zrem(INDEX, run_id)
+            pipe.execute()
+
+    def begin_task(self, run_id: str, task_id: str) -> str:
+        """Mark `task_id` running and start its heartbeat if the run is live: 'running';
+        otherwise the run's state ('missing' if unknown), and the task must not work."""
+        window = int(self.control.liveness_window_s)
+        return self._call("begin", run_id, self._dead_reason(run_id), task_id, window, self.control.keep_s)
+
+    def beat(self, run_id: str, task_id: str) -> str | None:
+        """Renew `task_id`'s heartbeat while the run is running; the run's state."""
+        # No waiting: the next beat tries again.
+        return self._call("beat", run_id, "", task_id, int(self.control.liveness_window_s), patience=0)
+
+    def state(self, run_id: str) -> str | None:
+        """The run's recorded state, as is (None if unknown)."""
+        value = patiently(lambda: self.client.hget(self._keys(run_id)[0], "state"), REDIS_PATIENCE_S)
+        return value.decode() if value else None
+
+    def end_task(self, run_id: str, task_id: str) -> str | None:
+        """`task_id` no longer works (done, failed, or waiting to be retried); the run's state."""
+        return self._call("end", run_id, "", task_id)
+
+    def finish(self, run_id: str, state: str, reason: str = "", since: tuple[str, ...] = LIVE) -> bool:
+        """Record the run's end, if it is still in one of `since`; frees its database lock."""
+        return self._call("finish", run_id, reason, state, *since) == "ok"
+
+    def cancel(self, run_id: str, reason: str) -> str:
+        """'ok' if the run is now cancelled (its lock freed); else why not: its state,
+        'truncating', or 'missing'."""
+        return self._call("cancel", run_id, reason) or "missing"
+
+    def start_truncating(self, run_id: str) -> str:
+        """The point of no return: 'running' if the run may truncate now (and can no
+        longer be cancelled), else its state."""
+        return self._call("truncating", run_id) or "missing"
+
+    def record_tables(self, run_id: str, tables: Mapping[str, Mapping[str, Any]]) -> None:
+        """Each table's outcome, for `runs` and the API."""
+        outcomes = {
+            table: {
+                "success": bool(info.get("success")),
+                "rows": info.get("row_count", 0),
+                **({"error": info["error"]} if info.get("error") else {}),
+            }
+            for table, info in tables.items()
+        }
+        self.client.hset(self._keys(run_id)[0], "tables", json.dumps(outcomes))
+
+    def supersede(self, run_id: str, newer: str) -> None:
+        """`newer` replaces this run for its pipeline task: it is cancelled if still live."""
+        self.client.hset(self._keys(run_id)[0], "superseded_by", newer)
+        self.cancel(run_id, f"superseded by run {newer}")
+
+    def swap_claim(self, claim: str, old: str, new: str, ttl_s: int) -> bool:
+        """Point `claim` at `new` only if it still names `old`: one winner among racers."""
+        return bool(self._scripts["swap_claim"](keys=[claim], args=[old, new, ttl_s]))
+
+    def status(self, run_id: str) -> RunStatus | None:
+        """The run's record, judged for liveness first; None if unknown or expired."""
+        self._call("judge", run_id, self._dead_reason(run_id))
+        raw = patiently(lambda: self.client.hgetall(self._keys(run_id)[0]), REDIS_PATIENCE_S)
+        if not raw or b"state" not in raw:
+            return None
+        return _status({k.decode(): v.decode() for k, v in raw.items()})
+
+    def recent(self, limit: int = 20) -> list[RunStatus]:
+        """The newest runs first."""
+        run_ids = [r.decode() for r in self.client.zrevrange(INDEX, 0, max(0, limit - 1))]
+        return [s for s in map(self.status, run_ids) if s is not None]
+
+
+def patiently(call: Callable[[], Any], patience_s: float) -> Any:
+    """`call()`, tried again with backoff while Redis is unreachable, for `patience_s`."""
+    deadline = time.monotonic() + patience_s
+    delay = 0.1
+    while True:
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+
+def _number(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+def _status(raw: dict[str, str]) -> RunStatus:
+    return RunStatus(
+        run_id=raw.get("run_id", ""),
+        task_id=raw.get("task_id") or None,
+        database=json.loads(raw.get("database") or "{}"),
+        truncate=raw.get("truncate") == "1",
+        state=raw["state"],
+        reason=raw.get("reason", ""),
+        requested_at=float(raw.get("requested_at") or 0),
+        started_at=_number(raw.get("started_at")),
+        heartbeat_at=_number(raw.get("heartbeat_at")),
+        finished_at=_number(raw.get("finished_at")),
+        superseded_by=raw.get("superseded_by") or None,
+        tables=json.loads(raw.get("tables") or "{}"),
+    )

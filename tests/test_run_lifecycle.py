@@ -1,0 +1,256 @@
+"""The life of runs: failed runs retried, cancelled runs, late truncates, recorded states.
+
+Real PostgreSQL with pgvector, real Redis, and the session's real worker; the crash test
+(SIGKILL of a whole `celery -A worker worker`) is in `test_run_crash.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from common.config import RunControl, load_settings
+from common.exceptions import TruncateRefusedError
+from common.run_lock import lock_name
+from common.run_state import RunStates
+from tasks.pipeline import enqueue_vector_management, run_status, wait_for_run
+from tasks.vector_backup import truncate_vector_tables
+from tests.processes import ROOT, project_env, worker_cli
+from tests.runs import backup_half_of_truncate_run
+from worker.sample_store import add_bulk_rows, count_rows
+
+pytestmark = pytest.mark.usefixtures("celery_worker_session")
+TIMEOUT = 60
+ENQUEUE_AT = """
+import json, sys, time
+from tasks.pipeline import enqueue_vector_management
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+print(json.dumps(enqueue_vector_management(sys.argv[1], backup=True, truncate=True)))
+"""
+
+
+@pytest.fixture
+def states(services) -> RunStates:
+    client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
+    return RunStates(client, RunControl(liveness_window_s=3))
+
+
+def test_a_run_whose_running_tasks_stop_beating_is_abandoned_and_frees_its_lock(states):
+    client = states.client
+    client.set(lock_name({"host": "h", "port": 1, "dbname": "d"}), "r1")
+    states.create("r1", "t", {"host": "h", "port": 1, "dbname": "d", "user": "u"}, truncate=True)
+    assert states.status("r1")["state"] == "queued"
+    assert states.begin_task("r1", "a") == "running"
+    assert states.end_task("r1", "a") == "running"
+    time.sleep(3.5)
+    # Between two steps nobody beats, and nobody should: the run waits for a worker.
+    assert states.status("r1")["state"] == "running"
+    assert states.begin_task("r1", "b") == "running"
+    assert states.status("r1")["state"] == "running"
+    time.sleep(3.5)  # "b" was killed: its heartbeat lapses
+
+    status = states.status("r1")
+    assert status["state"] == "abandoned" and "stopped" in status["reason"]
+    assert client.get(lock_name({"host": "h", "port": 1, "dbname": "d"})) is None
+    assert states.begin_task("r1", "c") == "abandoned"  # a redelivered task does nothing
+    assert states.cancel("r1", "too late") == "abandoned"
+
+
+def test_a_truncating_run_can_no_longer_be_cancelled_and_a_claim_moves_once(states):
+    states.create("r2", "t", {"host": "h", "port": 1, "dbname": "d", "user": "u"}, truncate=True)
+    states.begin_task("r2", "a")
+    assert states.start_truncating("r2") == "running"
+    assert states.cancel("r2", "please") == "truncating"
+    assert states.finish("r2", "succeeded")
+    assert states.cancel("r2", "please") == "succeeded"
+
+    states.client.set("claim-test", "old")
+    assert states.swap_claim("claim-test", "old", "new1", 60)
+    assert not states.swap_claim("claim-test", "old", "new2", 60)
+    assert states.client.get("claim-test") == b"new1"
+
+
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_a_failed_truncate_run_fixed_and_retried_with_the_same_task_id_runs_again(store, task_id):
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 500)
+    with store.conn.cursor() as cur:
+        cur.execute("ALTER TABLE langchain_pg_collection RENAME TO collection_away")
+    try:
+        failed = worker_cli("run", "--task-id", task_id, "--truncate-vector-tables", "--json")
+    finally:
+        with store.conn.cursor() as cur:
+            cur.execute("ALTER TABLE collection_away RENAME TO langchain_pg_collection")
+    assert failed.returncode == 1, failed.stderr
+    assert "langchain_pg_collection: table does not exist" in failed.stdout
+
+    retried = worker_cli("run", "--task-id", task_id, "--truncate-vector-tables", "--json")
+
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert "was failed; vector table management enqueued as run" in retried.stderr
+    stats = json.loads(retried.stdout)["vector_management_stats"]
+    assert stats["truncate_results"]["langchain_pg_embedding"]["rows_before"] == 500
+    assert count_rows(store.conn, "langchain_pg_embedding") == 0
+    assert run_status(stats["run_id"])["state"] == "succeeded"
+    listed = json.loads(worker_cli("runs", "--json").stdout)["runs"]
+    mine = [r for r in listed if r["task_id"] == task_id]
+    assert [r["state"] for r in mine] == ["succeeded", "failed"]
+    assert mine[0]["tables"]["langchain_pg_embedding"] == {"success": True, "rows": 500}
+    assert "password" not in json.dumps(mine) and mine[0]["database"]["dbname"]
+
+
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_ten_requests_for_a_task_whose_run_failed_make_exactly_one_new_run(store, task_id, task_root):
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 300)
+    with store.conn.cursor() as cur:
+        cur.execute("ALTER TABLE langchain_pg_collection RENAME TO collection_away")
+    try:
+        first = enqueue_vector_management(task_id, backup=True, truncate=True)
+        with pytest.raises(Exception, match="table does not exist"):
+            wait_for_run(first["run_id"], TIMEOUT)
+    finally:
+        with store.conn.cursor() as cur:
+            cur.execute("ALTER TABLE collection_away RENAME TO langchain_pg_collection")
+    start_at = time.time() + 3
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", ENQUEUE_AT, task_id, str(start_at)],
+            cwd=ROOT,
+            env=project_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(10)
+    ]
+    answers = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+
+    new_runs = {a["run_id"] for a in answers}
+    assert len(new_runs) == 1 and first["run_id"] not in new_runs
+    winners = [a for a in answers if a["enqueued"]]
+    assert len(winners) == 1
+    assert winners[0]["previous_run_id"] == first["run_id"] and winners[0]["previous_state"] == "failed"
+    result = wait_for_run(winners[0]["run_id"], TIMEOUT)
+    assert result["truncate_results"]["langchain_pg_embedding"]["rows_before"] == 300
+    time.sleep(1)
+    assert len(list((task_root / task_id / "vector_bak").glob("manifest_*.json"))) == 1
+
+
+SLOW_VIEW = (
+    "CREATE OR REPLACE VIEW slow_rows AS SELECT g AS n, "
+    "CASE WHEN g = 60000 AND (SELECT slow FROM slow_flag) THEN pg_sleep(120)::text END AS pause "
+    "FROM generate_series(1, 70000) AS g"
+)
+
+
+@pytest.fixture
+def slow_table(db, monkeypatch):
+    """A third backed-up table whose COPY sleeps after 59,999 rows while `slow_flag` is true."""
+    with db.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS slow_flag CASCADE")
+        cur.execute("CREATE TABLE slow_flag (slow boolean)")
+        cur.execute("INSERT INTO slow_flag VALUES (true)")
+        cur.execute(SLOW_VIEW)
+    tables = "langchain_pg_collection,langchain_pg_embedding,slow_rows"
+    monkeypatch.setenv("VECTOR_SUPPORTED_TABLES", tables)
+    monkeypatch.setenv("VECTOR_SPLIT_WORKERS", "1")
+    yield tables
+    with db.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE '%slow_rows%' AND pid <> pg_backend_pid()"
+        )
+        cur.execute("DROP TABLE slow_flag CASCADE")
+
+
+def wait_for_sleeping_copy(db, run_id: str, timeout: float = 60) -> None:
+    """Until a backend of the run sleeps inside the slow COPY (59,999 rows sent)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = %s AND wait_event = 'PgSleep'",
+                (f"pgvector-backup run {run_id}",),
+            )
+            if cur.fetchone()[0]:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} never reached the middle of its slow COPY")
+
+
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_cancel_mid_copy_stops_the_run_removes_its_files_and_frees_the_lock(
+    store, slow_table, task_id, task_root, monkeypatch, db
+):
+    monkeypatch.setenv("VECTOR_LIVENESS_WINDOW", "6")
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 400)
+    sent = worker_cli("run", "--task-id", task_id, "--truncate-vector-tables", "--no-wait")
+    run_id = sent.stdout.strip()
+    wait_for_sleeping_copy(db, run_id)
+    directory = task_root / task_id / "vector_bak"
+    assert list(directory.glob("*.csv")), "the other tables should be backed up by now"
+    lock = redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
+    lock_key = lock_name(load_settings().database.identity)
+    assert lock.get(lock_key) == run_id.encode()
+
+    started = time.monotonic()
+    cancelled = worker_cli("cancel", run_id)
+
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert f"run {run_id} cancelled" in cancelled.stdout and "cancelled" in cancelled.stdout
+    assert lock.get(lock_key) != run_id.encode(), "cancel frees the run's lock at once"
+
+    def leftovers() -> list[str]:
+        return [p.name for p in directory.glob("*") if p.name != "vector_backup_log.txt"]
+
+    while leftovers() and time.monotonic() - started < 15:
+        time.sleep(0.1)
+    assert not leftovers()
+    stopped_in = time.monotonic() - started
+    assert stopped_in < 10, f"the run's tasks took {stopped_in:.1f}s to stop"
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+        assert cur.fetchone()[0] == 0, "the COPY was stopped on the server"
+    assert count_rows(store.conn, "langchain_pg_embedding") == 400
+    assert run_status(run_id)["state"] == "cancelled"
+    followed = worker_cli("follow", run_id)
+    assert followed.returncode == 1 and f"run {run_id} was cancelled" in followed.stdout
+
+    again = worker_cli("cancel", run_id)
+    assert again.returncode == 1 and "has already been cancelled; nothing to cancel" in again.stdout
+    time.sleep(2)
+    assert count_rows(store.conn, "langchain_pg_embedding") == 400, "never a truncate after a cancel"
+
+
+def test_cancel_of_an_unknown_or_finished_run_is_a_clear_error(store, task_id):
+    unknown = worker_cli("cancel", "0" * 32)
+    assert unknown.returncode == 2 and "unknown run" in unknown.stderr
+    answer = enqueue_vector_management(task_id, backup=True)
+    wait_for_run(answer["run_id"], TIMEOUT)
+
+    finished = worker_cli("cancel", answer["run_id"])
+
+    assert finished.returncode == 1
+    assert f"run {answer['run_id']} has already succeeded; nothing to cancel" in finished.stdout
+
+
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_a_truncate_past_its_deadline_refuses_and_empties_nothing(store, task_id, task_root, monkeypatch):
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 200)
+    result = backup_half_of_truncate_run(task_id)
+    monkeypatch.setenv("VECTOR_TRUNCATE_DEADLINE", "1")
+    time.sleep(1.5)
+
+    with pytest.raises(TruncateRefusedError, match=r"more than VECTOR_TRUNCATE_DEADLINE \(1 s\)"):
+        truncate_vector_tables.delay(result).get(timeout=TIMEOUT)
+
+    assert count_rows(store.conn, "langchain_pg_embedding") == 200
+    assert run_status(result["run_id"])["state"] == "failed"
+    log = (Path(result["backup_directory"]) / "vector_backup_log.txt").read_text(encoding="utf-8")
+    assert "VECTOR_TRUNCATE_DEADLINE" in log
