@@ -1,4 +1,5 @@
-"""A worker SIGKILLed while its run holds the database lock blocks only until the expiry."""
+"""A worker SIGKILLed while its run holds the database lock blocks it only for the
+liveness window: the next run waits, then takes the database."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from tests.test_processes import isolated
 from worker.sample_store import add_bulk_rows
 
 ROOT = Path(__file__).resolve().parent.parent
-# Long enough that the next worker is up (a few seconds on a loaded machine) before it expires.
-LOCK_TTL = 10
+# Long enough that the next worker is up (a few seconds on a loaded machine) before it passes.
+LIVENESS_WINDOW = 10
 SEND_AND_WAIT = """
 import json, sys
 from tasks.pipeline import enqueue_vector_management, run_record, run_result
@@ -43,7 +44,7 @@ def stop(worker: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
-def test_after_sigkill_the_next_run_proceeds_once_the_lock_expires(
+def test_after_sigkill_the_next_run_proceeds_once_the_liveness_window_passes(
     store, services, task_id, task_root, tmp_path
 ):
     add_bulk_rows(store.conn, store.kind, store.collection_id, 1_000)
@@ -58,7 +59,7 @@ def test_after_sigkill_the_next_run_proceeds_once_the_lock_expires(
         "PYTHONPATH": str(ROOT),
         "CELERY_BROKER_URL": broker,
         "CELERY_RESULT_BACKEND": broker,
-        "VECTOR_LOCK_TTL": str(LOCK_TTL),
+        "VECTOR_LIVENESS_WINDOW": str(LIVENESS_WINDOW),
     }
     lock_redis = redis.Redis.from_url(broker)
     lock_name = "vector:run-lock:{host}:{port}/{dbname}".format(**load_settings().database.identity)

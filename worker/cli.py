@@ -93,8 +93,9 @@ def run(
         click.echo(answer["run_id"])
         console.print(f"follow it with: python -m worker follow {answer['run_id']}")
         return
-    code, state = follow_run(answer["run_id"], timeout, as_json)
-    if state == "abandoned" and not answer["enqueued"]:
+    joined = not answer["enqueued"]
+    code, state = follow_run(answer["run_id"], timeout, as_json, may_rejoin=joined)
+    if state == "abandoned" and joined:
         # The run this call joined lost its workers: this call's request still stands.
         again = enqueue_vector_management(
             task_id,
@@ -254,8 +255,11 @@ def api(host, port, threads):
     serve(host, port, threads)
 
 
-def follow_run(run_id: str, timeout: float, as_json: bool) -> tuple[int, str | None]:
-    """Follow the run to its end: (exit status, the run's recorded state)."""
+def follow_run(
+    run_id: str, timeout: float, as_json: bool, may_rejoin: bool = False
+) -> tuple[int, str | None]:
+    """Follow the run to its end: (exit status, the run's recorded state). With
+    `may_rejoin`, an abandoned run is only noted: the caller sends a new one."""
     from tasks.pipeline import run_record, run_result, run_status, stopped_message
     from tasks.progress import table_states
 
@@ -281,7 +285,10 @@ def follow_run(run_id: str, timeout: float, as_json: bool) -> tuple[int, str | N
             status = run_status(run_id)
             if status is not None and status["state"] in ("cancelled", "abandoned"):
                 # A dead run's last task never reports: its state says so within the window.
-                report(None, stopped_message(status), as_json)
+                if may_rejoin and status["state"] == "abandoned":
+                    console.print(stopped_message(status), soft_wrap=True)
+                else:
+                    report(None, stopped_message(status), as_json)
                 return 1, status["state"]
             if time.monotonic() > deadline:
                 console.print(
