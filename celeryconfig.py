@@ -24,10 +24,12 @@ worker_send_task_events = True
 task_send_sent_event = True
 
 # Redis re-delivers an unacked task after this many seconds, so it must be longer than
-# the longest backup, or a long backup would run twice.
-_visibility_timeout = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", 12 * 3600))
-broker_transport_options = {"visibility_timeout": _visibility_timeout}
-result_backend_transport_options = {"visibility_timeout": _visibility_timeout}
+# the longest backup, or a long backup would run twice. Celery's Redis docs ask for all
+# three settings, with the same value. A run whose worker died is abandoned long before
+# (VECTOR_LIVENESS_WINDOW): its redelivered tasks then end at once.
+visibility_timeout = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", 12 * 3600))
+broker_transport_options = {"visibility_timeout": visibility_timeout}
+result_backend_transport_options = {"visibility_timeout": visibility_timeout}
 
 # A Redis restart mid-run must not fail the tasks that report progress or store
 # results meanwhile: retry those writes with backoff for a few minutes.

@@ -140,3 +140,22 @@ def test_task_arguments_never_carry_the_connection_string():
 )
 def test_sizes_read_like_the_seeds(size, text):
     assert format_size(size) == text
+
+
+def test_the_visibility_timeout_is_set_in_all_three_places_celery_reads_it():
+    from worker import app
+
+    assert app.conf.visibility_timeout == 12 * 3600
+    assert app.conf.broker_transport_options["visibility_timeout"] == app.conf.visibility_timeout
+    assert app.conf.result_backend_transport_options["visibility_timeout"] == app.conf.visibility_timeout
+
+
+def test_run_lifecycle_settings_are_read_and_checked():
+    runs = load_settings({"VECTOR_LIVENESS_WINDOW": "12", "VECTOR_TRUNCATE_DEADLINE": "600"}).runs
+    assert (runs.liveness_window_s, runs.beat_every_s, runs.truncate_deadline_s) == (12.0, 2.0, 600.0)
+    assert load_settings({}).runs.liveness_window_s == 30.0
+    assert load_settings({}).runs.truncate_deadline_s == 6 * 3600.0
+    with pytest.raises(ConfigurationError, match="VECTOR_LIVENESS_WINDOW must be at least 3 seconds"):
+        load_settings({"VECTOR_LIVENESS_WINDOW": "1"})
+    with pytest.raises(ConfigurationError, match="must be positive"):
+        load_settings({"VECTOR_TRUNCATE_DEADLINE": "0"})

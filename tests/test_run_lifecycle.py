@@ -28,6 +28,7 @@ from worker.sample_store import add_bulk_rows, count_rows
 
 pytestmark = pytest.mark.usefixtures("celery_worker_session")
 TIMEOUT = 60
+JOB = "/api/v0/data_pipeline/vector/backup"
 ENQUEUE_AT = """
 import json, sys, time
 from tasks.pipeline import enqueue_vector_management
@@ -254,3 +255,42 @@ def test_a_truncate_past_its_deadline_refuses_and_empties_nothing(store, task_id
     assert run_status(result["run_id"])["state"] == "failed"
     log = (Path(result["backup_directory"]) / "vector_backup_log.txt").read_text(encoding="utf-8")
     assert "VECTOR_TRUNCATE_DEADLINE" in log
+
+
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_the_api_cancels_a_running_job_and_refuses_to_cancel_it_twice(
+    store, slow_table, task_id, task_root, db, monkeypatch
+):
+    from worker.api import create_app
+    from worker.celery_app import release_pending_results
+
+    monkeypatch.setenv("VECTOR_LIVENESS_WINDOW", "6")
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 300)
+    (task_root / task_id).mkdir()
+    client = create_app().test_client()
+    try:
+        sent = client.post(JOB, json={"task_id": task_id, "truncate_vector_tables": True, "wait": False})
+        job_id = sent.get_json()["data"]["job_id"]
+        wait_for_sleeping_copy(db, job_id)
+        running = client.get(f"{JOB}/{job_id}").get_json()["data"]
+
+        cancelled = client.delete(f"{JOB}/{job_id}")
+
+        assert running["run"]["state"] == "running" and running["run"]["heartbeat_at"]
+        assert cancelled.status_code == 200, cancelled.get_json()
+        assert cancelled.get_json()["data"]["run"]["state"] == "cancelled"
+        again = client.delete(f"{JOB}/{job_id}")
+        assert again.status_code == 409
+        assert again.get_json()["data"]["error_type"] == "RUN_NOT_CANCELLABLE"
+        assert "has already been cancelled" in again.get_json()["data"]["response"]
+        status = client.get(f"{JOB}/{job_id}").get_json()["data"]
+        assert status["run"]["state"] == "cancelled" and status["error"]["error_type"] == "RUN_CANCELLED"
+        assert client.delete(f"{JOB}/{'0' * 32}").status_code == 404
+        assert client.delete(f"{JOB}/not-a-job").status_code == 404
+        deadline = time.monotonic() + 15
+        while list((task_root / task_id / "vector_bak").glob("*.csv*")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not list((task_root / task_id / "vector_bak").glob("*.csv*"))
+        assert count_rows(store.conn, "langchain_pg_embedding") == 300
+    finally:
+        release_pending_results()
