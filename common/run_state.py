@@ -36,8 +36,16 @@ INDEX = "vector:runs"
 REDIS_PATIENCE_S = 60.0
 
 # KEYS[1] state hash, KEYS[2] task hash. ARGV[1] beat key prefix, ARGV[2] now, ARGV[3] reason.
-# Running tasks none of which beats: the run lost its workers. Its lock goes with it.
+# A run that ends frees its database lock, if it still holds it.
 JUDGE = """
+local function end_run(state)
+  redis.call('HSET', KEYS[1], 'state', state, 'reason', ARGV[3], 'finished_at', ARGV[2])
+  local lock = redis.call('HGET', KEYS[1], 'lock')
+  if lock and redis.call('GET', lock) == redis.call('HGET', KEYS[1], 'run_id') then
+    redis.call('DEL', lock)
+  end
+end
+-- Running tasks none of which beats: the run lost its workers.
 local function judge()
   local state = redis.call('HGET', KEYS[1], 'state')
   if state ~= 'running' then return state end
@@ -50,11 +58,7 @@ local function judge()
     end
   end
   if running == 0 then return state end
-  redis.call('HSET', KEYS[1], 'state', 'abandoned', 'reason', ARGV[3], 'finished_at', ARGV[2])
-  local lock = redis.call('HGET', KEYS[1], 'lock')
-  if lock and redis.call('GET', lock) == redis.call('HGET', KEYS[1], 'run_id') then
-    redis.call('DEL', lock)
-  end
+  end_run('abandoned')
   return 'abandoned'
 end
 """
@@ -94,11 +98,7 @@ FINISH = (
 local state = judge()
 for i = 5, #ARGV do
   if state == ARGV[i] then
-    redis.call('HSET', KEYS[1], 'state', ARGV[4], 'reason', ARGV[3], 'finished_at', ARGV[2])
-    local lock = redis.call('HGET', KEYS[1], 'lock')
-    if lock and redis.call('GET', lock) == redis.call('HGET', KEYS[1], 'run_id') then
-      redis.call('DEL', lock)
-    end
+    end_run(ARGV[4])
     return 'ok'
   end
 end
@@ -112,11 +112,7 @@ CANCEL = (
 local state = judge()
 if state ~= 'queued' and state ~= 'running' then return state or 'missing' end
 if redis.call('HGET', KEYS[1], 'truncating') == '1' then return 'truncating' end
-redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', ARGV[3], 'finished_at', ARGV[2])
-local lock = redis.call('HGET', KEYS[1], 'lock')
-if lock and redis.call('GET', lock) == redis.call('HGET', KEYS[1], 'run_id') then
-  redis.call('DEL', lock)
-end
+end_run('cancelled')
 return 'ok'
 """
 )
@@ -242,9 +238,11 @@ class RunStates:
         """`task_id` no longer works (done, failed, or waiting to be retried); the run's state."""
         return self._call("end", run_id, "", task_id)
 
-    def finish(self, run_id: str, state: str, reason: str = "", since: tuple[str, ...] = LIVE) -> bool:
+    def finish(
+        self, run_id: str, state: str, reason: str = "", since: tuple[str, ...] = LIVE, patience: float = -1
+    ) -> bool:
         """Record the run's end, if it is still in one of `since`; frees its database lock."""
-        return self._call("finish", run_id, reason, state, *since) == "ok"
+        return self._call("finish", run_id, reason, state, *since, patience=patience) == "ok"
 
     def cancel(self, run_id: str, reason: str) -> str:
         """'ok' if the run is now cancelled (its lock freed); else why not: its state,

@@ -11,12 +11,14 @@ must not replay a failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 
+import redis
 from celery.result import AsyncResult
 
 from common.config import Settings, load_settings
@@ -139,7 +141,13 @@ def enqueue_vector_management(
                 f"previous run {previous['run_id']} of {task_id} was {previous['state']}; "
                 f"vector table management enqueued as run {run_id}"
             )
-    workflow.apply_async()
+    try:
+        workflow.apply_async()
+    except Exception as exc:
+        # A run never sent must not hold its pipeline task's claim: the retry replaces it.
+        with contextlib.suppress(redis.RedisError):
+            states.finish(run_id, "failed", f"the run could not be sent: {type(exc).__name__}", patience=0)
+        raise
     return answer
 
 

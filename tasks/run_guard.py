@@ -115,7 +115,7 @@ def run_task(settings: Settings, run: dict[str, Any], task_id: str, last_step: b
     except RunEndedError:
         raise
     except BaseException as exc:
-        states.finish(run_id, FAILED, str(exc)[:2000])
+        states.finish(run_id, FAILED, settings.database.redact(str(exc))[:2000])
         raise
     else:
         if last_step:
