@@ -35,20 +35,23 @@ INDEX = "vector:runs"
 # A Redis restart must not fail a run's task for want of its record: calls wait this long.
 REDIS_PATIENCE_S = 60.0
 
-# KEYS[1] state hash, KEYS[2] task hash. ARGV[1] beat key prefix, ARGV[2] now, ARGV[3] reason.
-# A run that ends frees its database lock, if it still holds it.
+# KEYS[1] state hash, KEYS[2] task hash. ARGV[1] beat key prefix, ARGV[2] now, ARGV[3]
+# reason, ARGV[4] '1' if a run may be judged now, ARGV[5] truncate deadline, ARGV[6] keep
+# seconds, ARGV[7] liveness window; ARGV[8..] are each script's own.
 JUDGE = """
-local function end_run(state)
-  redis.call('HSET', KEYS[1], 'state', state, 'reason', ARGV[3], 'finished_at', ARGV[2])
+-- A run that ends frees its database lock, if it still holds it.
+local function end_run(state, reason)
+  redis.call('HSET', KEYS[1], 'state', state, 'reason', reason, 'finished_at', ARGV[2])
   local lock = redis.call('HGET', KEYS[1], 'lock')
   if lock and redis.call('GET', lock) == redis.call('HGET', KEYS[1], 'run_id') then
     redis.call('DEL', lock)
   end
 end
--- Running tasks none of which beats: the run lost its workers.
+-- Running tasks none of which beats: the run lost its workers. No task for longer than
+-- the truncate deadline: it was lost before or between its steps, and can never finish.
 local function judge()
   local state = redis.call('HGET', KEYS[1], 'state')
-  if state ~= 'running' then return state end
+  if ARGV[4] ~= '1' or (state ~= 'queued' and state ~= 'running') then return state end
   local tasks = redis.call('HGETALL', KEYS[2])
   local running = 0
   for i = 1, #tasks, 2 do
@@ -57,12 +60,19 @@ local function judge()
       if redis.call('EXISTS', ARGV[1] .. tasks[i]) == 1 then return state end
     end
   end
-  if running == 0 then return state end
-  end_run('abandoned')
-  return 'abandoned'
+  if running > 0 then
+    end_run('abandoned', ARGV[3])
+    return 'abandoned'
+  end
+  local last = redis.call('HGET', KEYS[1], 'heartbeat_at') or redis.call('HGET', KEYS[1], 'requested_at')
+  if tonumber(ARGV[2]) - tonumber(last or ARGV[2]) > tonumber(ARGV[5]) then
+    end_run('abandoned', 'no task of it ran for longer than VECTOR_TRUNCATE_DEADLINE')
+    return 'abandoned'
+  end
+  return state
 end
 """
-# ARGV[4] task id, ARGV[5] liveness window, ARGV[6] keep seconds.
+# ARGV[8] task id.
 BEGIN = (
     JUDGE
     + """
@@ -71,34 +81,38 @@ if not state then return 'missing' end
 if state ~= 'queued' and state ~= 'running' then return state end
 redis.call('HSET', KEYS[1], 'state', 'running', 'heartbeat_at', ARGV[2])
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[4], 'running')
+redis.call('HSET', KEYS[2], ARGV[8], 'running')
 redis.call('EXPIRE', KEYS[2], ARGV[6])
-redis.call('SET', ARGV[1] .. ARGV[4], 1, 'EX', ARGV[5])
+redis.call('SET', ARGV[1] .. ARGV[8], 1, 'EX', ARGV[7])
 return 'running'
 """
 )
-# ARGV[4] task id, ARGV[5] liveness window. Only a task of a live run beats.
+# ARGV[8] task id. Only a task of a live run beats.
 BEAT = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'running' and redis.call('HGET', KEYS[2], ARGV[4]) == 'running' then
-  redis.call('SET', ARGV[1] .. ARGV[4], 1, 'EX', ARGV[5])
+if state == 'running' and redis.call('HGET', KEYS[2], ARGV[8]) == 'running' then
+  redis.call('SET', ARGV[1] .. ARGV[8], 1, 'EX', ARGV[7])
   redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[2])
 end
 return state
 """
+# ARGV[8] task id. Its end counts as the run's last sign of life.
 END = """
-redis.call('HSET', KEYS[2], ARGV[4], 'done')
-redis.call('DEL', ARGV[1] .. ARGV[4])
-return redis.call('HGET', KEYS[1], 'state')
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'running' then redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[2]) end
+redis.call('HSET', KEYS[2], ARGV[8], 'done')
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('DEL', ARGV[1] .. ARGV[8])
+return state
 """
-# ARGV[4] the new state, ARGV[5..] the states it may follow.
+# ARGV[8] the new state, ARGV[9..] the states it may follow.
 FINISH = (
     JUDGE
     + """
 local state = judge()
-for i = 5, #ARGV do
+for i = 9, #ARGV do
   if state == ARGV[i] then
-    end_run(ARGV[4])
+    end_run(ARGV[8], ARGV[3])
     return 'ok'
   end
 end
@@ -112,7 +126,7 @@ CANCEL = (
 local state = judge()
 if state ~= 'queued' and state ~= 'running' then return state or 'missing' end
 if redis.call('HGET', KEYS[1], 'truncating') == '1' then return 'truncating' end
-end_run('cancelled')
+end_run('cancelled', ARGV[3])
 return 'ok'
 """
 )
@@ -172,12 +186,29 @@ class RunStates:
     def _call(
         self, script: str, run_id: str, reason: str = "", *more: Any, patience: float = -1
     ) -> str | None:
+        control = self.control
+
         def call() -> Any:
-            args = [f"vector:run-beat:{run_id}:", repr(time.time()), reason, *more]
+            args = [
+                f"vector:run-beat:{run_id}:",
+                repr(time.time()),
+                reason,
+                "1" if self._may_judge() else "0",
+                control.truncate_deadline_s,
+                control.keep_s,
+                int(control.liveness_window_s),
+                *more,
+            ]
             return self._scripts[script](keys=self._keys(run_id), args=args)
 
         value = patiently(call, REDIS_PATIENCE_S if patience < 0 else patience)
         return value.decode() if isinstance(value, bytes) else value
+
+    def _may_judge(self) -> bool:
+        """Not in the first window after Redis restarted: every heartbeat key expired while
+        it was down, and live tasks need one beat to show they are alive."""
+        uptime = self.client.info("server").get("uptime_in_seconds", 0)
+        return uptime >= self.control.liveness_window_s
 
     def _dead_reason(self, run_id: str) -> str:
         window = self.control.liveness_window_s
@@ -221,13 +252,12 @@ class RunStates:
     def begin_task(self, run_id: str, task_id: str) -> str:
         """Mark `task_id` running and start its heartbeat if the run is live: 'running';
         otherwise the run's state ('missing' if unknown), and the task must not work."""
-        window = int(self.control.liveness_window_s)
-        return self._call("begin", run_id, self._dead_reason(run_id), task_id, window, self.control.keep_s)
+        return self._call("begin", run_id, self._dead_reason(run_id), task_id)
 
     def beat(self, run_id: str, task_id: str) -> str | None:
         """Renew `task_id`'s heartbeat while the run is running; the run's state."""
         # No waiting: the next beat tries again.
-        return self._call("beat", run_id, "", task_id, int(self.control.liveness_window_s), patience=0)
+        return self._call("beat", run_id, "", task_id, patience=0)
 
     def state(self, run_id: str) -> str | None:
         """The run's recorded state, as is (None if unknown)."""
@@ -264,7 +294,8 @@ class RunStates:
             }
             for table, info in tables.items()
         }
-        self.client.hset(self._keys(run_id)[0], "tables", json.dumps(outcomes))
+        key = self._keys(run_id)[0]
+        patiently(lambda: self.client.hset(key, "tables", json.dumps(outcomes)), REDIS_PATIENCE_S)
 
     def supersede(self, run_id: str, newer: str) -> None:
         """`newer` replaces this run for its pipeline task: it is cancelled if still live."""

@@ -174,7 +174,6 @@ def truncate_after_backup(
         # Cheap checks first; reading every file for its sha256 comes last but one, and
         # the lock is renewed right before the truncate that needs it.
         counts = verified_row_counts(backup_result, settings.vector.supported_tables, directory)
-        _check_deadline(backup_result, settings.runs.truncate_deadline_s)
         if backup_result.get("database") != settings.database.identity:
             raise TruncateRefusedError(
                 f"the backup was taken from {backup_result.get('database')}, not from "
@@ -199,6 +198,8 @@ def truncate_after_backup(
                 f"this run no longer holds the lock on {settings.database.describe()} "
                 f"(now held by {lock.holder() or 'nobody'}); nothing was truncated"
             )
+        # Last, after the slow checks: the deadline holds up to the truncate itself.
+        _check_deadline(backup_result, settings.runs.truncate_deadline_s)
         if may_truncate is not None:
             may_truncate()
         conn = connect(settings.database)

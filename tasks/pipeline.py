@@ -25,13 +25,13 @@ from common.config import Settings, load_settings
 from common.exceptions import ConfigurationError, RunEndedError, RunNotCancellable
 from common.run_database import forget_run_database, store_run_database
 from common.run_result import VectorRunResult
-from common.run_state import STOPPED, RunStates, RunStatus
+from common.run_state import LIVE, STOPPED, SUCCEEDED, RunStates, RunStatus
 from tasks.run_guard import redis_client, run_states
-from tasks.vector_backup import build_vector_workflow, table_results
+from tasks.vector_backup import build_vector_workflow, discard_run, table_results
 from worker import app
 
 # A pipeline task's run is replaced by a new one only once it failed or was stopped.
-KEEPS_CLAIM = ("queued", "running", "succeeded")
+KEEPS_CLAIM = (*LIVE, SUCCEEDED)
 
 NOT_RUN = "vector table management: not run"
 
@@ -92,19 +92,21 @@ def enqueue_vector_management(
     database = settings.database
     if db_connection:
         database = store_run_database(client, run_id, db_connection, ttl)
+    moment = reserve_timestamp(client, settings, task_id, ttl)
     workflow = build_vector_workflow(
         task_id,
         truncate=truncate,
         settings=settings,
         run_id=run_id,
         external_db=bool(db_connection),
-        now=reserve_timestamp(client, settings, task_id, ttl),
+        now=moment,
     )
     final = workflow.freeze()
     record = {
         "run_id": run_id,
         "task_id": task_id,
         "truncate": truncate,
+        "timestamp": moment.strftime(settings.vector.timestamp_format),
         "final": final.id,
         "tables": {result.id: table for result, table in table_results(workflow)},
     }
@@ -265,8 +267,11 @@ def cancel_run(run_id: str, settings: Settings | None = None) -> RunStatus:
         raise RunNotCancellable(f"run {run_id} has already {ended_as}; nothing to cancel")
     record = run_record(run_id, settings)
     if record is not None:
-        # Tasks not yet started are dropped by the workers; those running see the state.
+        # Tasks not yet started are dropped by the workers; those running see the state at
+        # their next beat. A worker removes what tasks that had already ended left.
         app.control.revoke(list(record["tables"]))
+        if record.get("timestamp"):
+            discard_run.delay({k: record[k] for k in ("run_id", "task_id", "timestamp")})
     status = states.status(run_id)
     assert status is not None
     return status

@@ -22,8 +22,9 @@ from celery.exceptions import Retry
 
 from common.config import Settings
 from common.db import cancel_backends
-from common.exceptions import RunEndedError, TruncateRefusedError, VectorBackupError
+from common.exceptions import RunEndedError, TruncateRefusedError
 from common.periodic import Periodic
+from common.run_database import forget_run_database
 from common.run_lock import RunLock
 from common.run_state import FAILED, LIVE, RUNNING, STOPPED, SUCCEEDED, RunStates
 from common.run_steps import discard_unfinished_set
@@ -66,9 +67,9 @@ class RunTask:
                 self.stopped = state
                 # Every beat, in case a new COPY of the run began since the last one.
                 cancel_backends(self.settings.database, self.settings.database.application_name)
-        except (redis.RedisError, VectorBackupError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the heartbeat thread must outlive any error
             # A missed beat only brings the run nearer to being presumed dead: safe.
-            log.warning("run %s: heartbeat failed: %s", self.run_id, exc)
+            log.warning("run %s: heartbeat failed: %s", self.run_id, type(exc).__name__)
 
     def check(self) -> None:
         """Raise `RunEndedError` if the run was cancelled or abandoned while this task worked."""
@@ -105,7 +106,7 @@ def run_task(settings: Settings, run: dict[str, Any], task_id: str, last_step: b
     if state == "missing":
         state = _register(settings, states, run, task_id)
     if state != RUNNING:
-        _leave(settings, run, state)
+        leave_stopped_run(settings, run, state)
         raise ended(states, run_id, state)
     task = RunTask(settings, run, task_id)
     try:
@@ -124,7 +125,7 @@ def run_task(settings: Settings, run: dict[str, Any], task_id: str, last_step: b
         task.stop()
         state = states.end_task(run_id, task_id)
         if state in STOPPED:
-            _leave(settings, run, state)
+            leave_stopped_run(settings, run, state)
         elif state in LIVE:
             # The next step may wait for a worker: the run keeps its database meanwhile.
             task.lock.renew(settings.runs.lock_ttl_s)
@@ -141,11 +142,16 @@ def _register(settings: Settings, states: RunStates, run: dict[str, Any], task_i
     return states.begin_task(str(run["run_id"]), task_id)
 
 
-def _leave(settings: Settings, run: dict[str, Any], state: str) -> None:
-    """A stopped run's task removes what the run left unfinished, and frees its lock."""
+def leave_stopped_run(settings: Settings, run: dict[str, Any], state: str | None) -> list[str]:
+    """For a cancelled or abandoned run: remove what it left unfinished, free its lock and
+    forget its database URL; the names of the files removed. Nothing for any other state."""
     if state not in STOPPED or not run.get("timestamp"):
-        return
+        return []
+    run_id = str(run["run_id"])
     removed = discard_unfinished_set(settings, run.get("task_id"), str(run["timestamp"]))
     if removed:
-        log.info("run %s is %s: removed %s", run["run_id"], state, ", ".join(removed))
-    run_lock(settings, str(run["run_id"])).release()
+        log.info("run %s is %s: removed %s", run_id, state, ", ".join(removed))
+    with contextlib.suppress(redis.RedisError):
+        run_lock(settings, run_id).release()
+        forget_run_database(redis_client(settings.runs.redis_url), run_id)
+    return removed

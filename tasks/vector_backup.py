@@ -9,10 +9,12 @@ connection string; workers read the database from their own environment.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from datetime import datetime
 
+import redis
 from celery import Signature, chord
 from celery.result import AsyncResult
 
@@ -22,10 +24,11 @@ from common.exceptions import BackupFailedError, RunEndedError
 from common.run_database import forget_run_database, settings_for_run
 from common.run_lock import RunLock
 from common.run_result import RunRequest, VectorRunResult
+from common.run_state import REDIS_PATIENCE_S, patiently
 from common.run_steps import back_up_table, close_backup_set, truncate_after_backup
 from common.sizes import format_size
 from common.split import SplitBoard
-from tasks.run_guard import redis_client, run_lock, run_states, run_task
+from tasks.run_guard import leave_stopped_run, redis_client, run_lock, run_states, run_task
 from worker import app
 
 __all__ = ["backup_table", "backup_vector_tables", "redis_client", "run_lock", "truncate_vector_tables"]
@@ -45,12 +48,12 @@ def run_settings(run: RunRequest | VectorRunResult) -> Settings:
 def take_lock(settings: Settings, lock: RunLock) -> bool:
     """The database's run lock for this run; a holder whose workers died loses it here,
     once its liveness window has passed, instead of at the lock's expiry."""
-    if lock.acquire():
+    if patiently(lock.acquire, REDIS_PATIENCE_S):
         return True
     holder = lock.holder()
     if holder is not None:
         run_states(settings).status(holder)  # judges the holder; an abandoned run frees its lock
-    return lock.acquire()
+    return patiently(lock.acquire, REDIS_PATIENCE_S)
 
 
 @app.task(name="vector.backup_table", bind=True, max_retries=None, throws=(RunEndedError,))
@@ -62,7 +65,9 @@ def backup_table(self, table: str, request: RunRequest, split: bool = False) -> 
 
 def _back_up(self, settings: Settings, table: str, request: RunRequest, split: bool, task) -> TableBackup:
     lock = task.lock
-    if not take_lock(settings, lock):
+    taken = take_lock(settings, lock)
+    task.check()  # a run cancelled meanwhile must not hold the database
+    if not taken:
         busy = f"{settings.database.describe()} is busy with run {lock.holder()}"
         if settings.runs.lock_wait == "wait":
             # Re-queued with a countdown; RETRY in the result backend and Flower says why.
@@ -125,7 +130,7 @@ def backup_vector_tables(self, tables: list[TableBackup], request: RunRequest) -
             return result
     finally:
         if ends_run:
-            forget_run_database(redis_client(settings.runs.redis_url), request["run_id"])
+            forget_quietly(settings, request["run_id"])
 
 
 @app.task(name="vector.truncate_vector_tables", bind=True, throws=(RunEndedError,))
@@ -138,7 +143,21 @@ def truncate_vector_tables(self, backup_result: VectorRunResult) -> VectorRunRes
         with run_task(settings, backup_result, self.request.id, last_step=True) as task:
             return truncate_after_backup(settings, backup_result, task.lock, task.may_truncate)
     finally:
+        forget_quietly(settings, run_id)
+
+
+def forget_quietly(settings: Settings, run_id: str) -> None:
+    """Drop the run's database URL; if Redis cannot be reached, it expires with the claim."""
+    with contextlib.suppress(redis.RedisError):
         forget_run_database(redis_client(settings.runs.redis_url), run_id)
+
+
+@app.task(name="vector.discard_run")
+def discard_run(run: dict) -> list[str]:
+    """What a cancelled run left behind, removed on a worker (which sees the task root);
+    nothing unless the run is cancelled or abandoned. The names of the files removed."""
+    settings = load_settings()
+    return leave_stopped_run(settings, run, run_states(settings).state(str(run["run_id"])))
 
 
 def build_vector_workflow(

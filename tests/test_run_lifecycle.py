@@ -17,11 +17,12 @@ import pytest
 import redis
 
 from common.config import RunControl, load_settings
-from common.exceptions import TruncateRefusedError
+from common.exceptions import RunEndedError, TruncateRefusedError
 from common.run_lock import lock_name
 from common.run_state import RunStates
-from tasks.pipeline import enqueue_vector_management, run_status, wait_for_run
-from tasks.vector_backup import truncate_vector_tables
+from tasks.pipeline import cancel_run, enqueue_vector_management, run_record, run_status, wait_for_run
+from tasks.progress import table_states
+from tasks.vector_backup import run_lock, truncate_vector_tables
 from tests.processes import ROOT, project_env, worker_cli
 from tests.runs import backup_half_of_truncate_run
 from worker.sample_store import add_bulk_rows, count_rows
@@ -62,6 +63,18 @@ def test_a_run_whose_running_tasks_stop_beating_is_abandoned_and_frees_its_lock(
     assert client.get(lock_name({"host": "h", "port": 1, "dbname": "d"})) is None
     assert states.begin_task("r1", "c") == "abandoned"  # a redelivered task does nothing
     assert states.cancel("r1", "too late") == "abandoned"
+
+
+def test_a_run_that_never_started_within_the_truncate_deadline_is_abandoned(services):
+    client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
+    states = RunStates(client, RunControl(liveness_window_s=3, truncate_deadline_s=1))
+    states.create("r0", "t", {"host": "h", "port": 1, "dbname": "d", "user": "u"}, truncate=True)
+    assert states.status("r0")["state"] == "queued"
+    time.sleep(1.5)
+
+    status = states.status("r0")
+
+    assert status["state"] == "abandoned" and "VECTOR_TRUNCATE_DEADLINE" in status["reason"]
 
 
 def test_a_truncating_run_can_no_longer_be_cancelled_and_a_claim_moves_once(states):
@@ -210,14 +223,17 @@ def test_cancel_mid_copy_stops_the_run_removes_its_files_and_frees_the_lock(
     def leftovers() -> list[str]:
         return [p.name for p in directory.glob("*") if p.name != "vector_backup_log.txt"]
 
-    while leftovers() and time.monotonic() - started < 15:
+    def sleeping() -> int:
+        with db.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+            return cur.fetchone()[0]
+
+    while (leftovers() or sleeping()) and time.monotonic() - started < 15:
         time.sleep(0.1)
-    assert not leftovers()
     stopped_in = time.monotonic() - started
+    assert not leftovers()
+    assert not sleeping(), "the COPY was stopped on the server"
     assert stopped_in < 10, f"the run's tasks took {stopped_in:.1f}s to stop"
-    with db.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
-        assert cur.fetchone()[0] == 0, "the COPY was stopped on the server"
     assert count_rows(store.conn, "langchain_pg_embedding") == 400
     assert run_status(run_id)["state"] == "cancelled"
     followed = worker_cli("follow", run_id)
@@ -227,6 +243,39 @@ def test_cancel_mid_copy_stops_the_run_removes_its_files_and_frees_the_lock(
     assert again.returncode == 1 and "has already been cancelled; nothing to cancel" in again.stdout
     time.sleep(2)
     assert count_rows(store.conn, "langchain_pg_embedding") == 400, "never a truncate after a cancel"
+
+
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_cancel_of_a_run_waiting_for_its_database_ends_it_and_removes_what_it_left(store, task_id, task_root):
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 100)
+    other = run_lock(load_settings(), "another_run")
+    assert other.acquire()
+    try:
+        answer = enqueue_vector_management(task_id, backup=True, truncate=True)
+        record = run_record(answer["run_id"])
+        deadline = time.monotonic() + TIMEOUT
+        while "RETRY" not in {s["state"] for s in table_states(record).values()}:
+            assert time.monotonic() < deadline, "the run never waited for the database"
+            time.sleep(0.05)
+        # What a table task that had already ended would have left.
+        directory = task_root / task_id / "vector_bak"
+        directory.mkdir(parents=True, exist_ok=True)
+        leftover = directory / f"langchain_pg_collection_{record['timestamp']}.csv"
+        leftover.write_text("uuid,name,cmetadata\n")
+
+        status = cancel_run(answer["run_id"])
+
+        assert status["state"] == "cancelled"
+        with pytest.raises(RunEndedError, match="was cancelled: cancelled on request"):
+            wait_for_run(answer["run_id"], TIMEOUT)
+        while leftover.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not leftover.exists(), "a worker removes what the cancelled run left"
+        assert other.holder() == "another_run", "another run's lock is never touched"
+    finally:
+        other.release()
+    time.sleep(1)  # its tasks, had they not been stopped, would take the free database now
+    assert count_rows(store.conn, "langchain_pg_embedding") == 100
 
 
 def test_cancel_of_an_unknown_or_finished_run_is_a_clear_error(store, task_id):

@@ -29,10 +29,9 @@ from tasks.pipeline import (
     run_record,
     run_result,
     run_status,
-    stopped_message,
 )
 from worker.api_params import ForbiddenDatabase, InvalidParams, check_db_connection, parse_backup_body
-from worker.api_views import failure, job_status, run_data, run_view
+from worker.api_views import failure, job_status, run_data, run_view, stopped_error
 from worker.openapi import PREFIX, openapi_spec
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -139,9 +138,9 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
 
     def stopped(job_id: str, status) -> Response:
         """A run cancelled or abandoned (its workers died) while the request waited."""
-        error_type = "RUN_CANCELLED" if status["state"] == "cancelled" else "RUN_ABANDONED"
+        error = stopped_error(status)
         body = envelope.internal_error_response(
-            stopped_message(status), error_type, can_retry=True, job_id=job_id
+            error["reason"], error["error_type"], can_retry=True, job_id=job_id
         )
         return reply(body)
 

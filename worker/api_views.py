@@ -7,6 +7,8 @@ from typing import Any
 from celery.result import AsyncResult
 
 from common.exceptions import BackupFailedError, RunFailedError, TruncateRefusedError
+from common.run_state import STOPPED
+from tasks.pipeline import stopped_message
 from tasks.progress import table_states
 
 # Per-table fields the seeds show; the manifest has the rest (columns, DDL, fingerprint).
@@ -97,9 +99,13 @@ def job_status(
         status["error"] = {"error_type": error_type, "reason": reason}
         if result:
             status["result"] = run_data(result, record["run_id"])
-    elif run is not None and run["state"] in ("cancelled", "abandoned"):
+    elif run is not None and run["state"] in STOPPED:
         # Its last task will never report: the recorded state is the whole answer.
-        error_type = "RUN_CANCELLED" if run["state"] == "cancelled" else "RUN_ABANDONED"
-        reason = f"run {record['run_id']} was {run['state']}: {run.get('reason') or ''}".rstrip(": ")
-        status["error"] = {"error_type": error_type, "reason": reason}
+        status["error"] = stopped_error(run)
     return status
+
+
+def stopped_error(run: dict[str, Any]) -> dict[str, str]:
+    """{error_type, reason} of a run cancelled or abandoned (its workers died)."""
+    error_type = "RUN_CANCELLED" if run["state"] == "cancelled" else "RUN_ABANDONED"
+    return {"error_type": error_type, "reason": stopped_message(run)}

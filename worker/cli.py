@@ -260,6 +260,7 @@ def follow_run(
 ) -> tuple[int, str | None]:
     """Follow the run to its end: (exit status, the run's recorded state). With
     `may_rejoin`, an abandoned run is only noted: the caller sends a new one."""
+    from common.run_state import STOPPED
     from tasks.pipeline import run_record, run_result, run_status, stopped_message
     from tasks.progress import table_states
 
@@ -283,7 +284,7 @@ def follow_run(
         }
         while not final.ready():
             status = run_status(run_id)
-            if status is not None and status["state"] in ("cancelled", "abandoned"):
+            if status is not None and status["state"] in STOPPED:
                 # A dead run's last task never reports: its state says so within the window.
                 if may_rejoin and status["state"] == "abandoned":
                     console.print(stopped_message(status), soft_wrap=True)
@@ -308,7 +309,7 @@ def follow_run(
         report(exc.result, str(exc), as_json)
         return 1, state
     except (VectorBackupError, CeleryTimeout, Exception) as exc:  # noqa: BLE001 - any failure is reported
-        message = stopped_message(status) if state in ("cancelled", "abandoned") else None
+        message = stopped_message(status) if status is not None and state in STOPPED else None
         report(None, message or f"{type(exc).__name__}: {exc}", as_json)
         return 1, state
     report(stats, None, as_json)
