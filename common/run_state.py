@@ -207,7 +207,10 @@ class RunStates:
     def _may_judge(self) -> bool:
         """Not in the first window after Redis restarted: every heartbeat key expired while
         it was down, and live tasks need one beat to show they are alive."""
-        uptime = self.client.info("server").get("uptime_in_seconds", 0)
+        try:
+            uptime = self.client.info("server").get("uptime_in_seconds", 0)
+        except redis.ResponseError:  # INFO renamed away, as some hosted Redis do
+            return True
         return uptime >= self.control.liveness_window_s
 
     def _dead_reason(self, run_id: str) -> str:

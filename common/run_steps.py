@@ -234,9 +234,13 @@ def _check_deadline(result: VectorRunResult, deadline_s: float) -> None:
     age = time.time() - requested_at
     if age > deadline_s:
         raise TruncateRefusedError(
-            f"the run was requested {age / 3600:.1f} h ago, more than VECTOR_TRUNCATE_DEADLINE "
+            f"the run was requested {_duration(age)} ago, more than VECTOR_TRUNCATE_DEADLINE "
             f"({deadline_s:g} s): a late run never empties a store; nothing was truncated"
         )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds:.0f} s"
 
 
 def discard_unfinished_set(settings: Settings, task_id: str | None, timestamp: str) -> list[str]:

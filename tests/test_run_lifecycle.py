@@ -20,6 +20,7 @@ from common.config import RunControl, load_settings
 from common.exceptions import RunEndedError, TruncateRefusedError
 from common.run_lock import lock_name
 from common.run_state import RunStates
+from common.run_steps import truncate_after_backup
 from tasks.pipeline import cancel_run, enqueue_vector_management, run_record, run_status, wait_for_run
 from tasks.progress import table_states
 from tasks.vector_backup import run_lock, truncate_vector_tables
@@ -39,9 +40,18 @@ print(json.dumps(enqueue_vector_management(sys.argv[1], backup=True, truncate=Tr
 
 
 @pytest.fixture
-def states(services) -> RunStates:
+def redis_up_a_while(services) -> redis.Redis:
+    """The session's Redis, up for longer than the windows below: nobody judges a run in
+    the first window after Redis starts."""
     client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
-    return RunStates(client, RunControl(liveness_window_s=3))
+    while client.info("server")["uptime_in_seconds"] < 4:
+        time.sleep(0.2)
+    return client
+
+
+@pytest.fixture
+def states(redis_up_a_while) -> RunStates:
+    return RunStates(redis_up_a_while, RunControl(liveness_window_s=3))
 
 
 def test_a_run_whose_running_tasks_stop_beating_is_abandoned_and_frees_its_lock(states):
@@ -65,9 +75,8 @@ def test_a_run_whose_running_tasks_stop_beating_is_abandoned_and_frees_its_lock(
     assert states.cancel("r1", "too late") == "abandoned"
 
 
-def test_a_run_that_never_started_within_the_truncate_deadline_is_abandoned(services):
-    client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
-    states = RunStates(client, RunControl(liveness_window_s=3, truncate_deadline_s=1))
+def test_a_run_that_never_started_within_the_truncate_deadline_is_abandoned(redis_up_a_while):
+    states = RunStates(redis_up_a_while, RunControl(liveness_window_s=3, truncate_deadline_s=1))
     states.create("r0", "t", {"host": "h", "port": 1, "dbname": "d", "user": "u"}, truncate=True)
     assert states.status("r0")["state"] == "queued"
     time.sleep(1.5)
@@ -291,17 +300,25 @@ def test_cancel_of_an_unknown_or_finished_run_is_a_clear_error(store, task_id):
 
 
 @pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+@pytest.mark.usefixtures("redis_up_a_while")
 def test_a_truncate_past_its_deadline_refuses_and_empties_nothing(store, task_id, task_root, monkeypatch):
     add_bulk_rows(store.conn, store.kind, store.collection_id, 200)
     result = backup_half_of_truncate_run(task_id)
     monkeypatch.setenv("VECTOR_TRUNCATE_DEADLINE", "1")
+    monkeypatch.setenv("VECTOR_LIVENESS_WINDOW", "3")  # Redis has been up for longer
     time.sleep(1.5)
 
-    with pytest.raises(TruncateRefusedError, match=r"more than VECTOR_TRUNCATE_DEADLINE \(1 s\)"):
+    # The run's record says it is too late (no task of it ran for the deadline)...
+    with pytest.raises(
+        RunEndedError, match="is abandoned: no task of it ran for longer than VECTOR_TRUNCATE"
+    ):
         truncate_vector_tables.delay(result).get(timeout=TIMEOUT)
+    # ...and so does the truncate step itself, whatever the record says.
+    with pytest.raises(TruncateRefusedError, match=r"more than VECTOR_TRUNCATE_DEADLINE \(1 s\)"):
+        truncate_after_backup(load_settings(), result)
 
     assert count_rows(store.conn, "langchain_pg_embedding") == 200
-    assert run_status(result["run_id"])["state"] == "failed"
+    assert run_status(result["run_id"])["state"] == "abandoned"
     log = (Path(result["backup_directory"]) / "vector_backup_log.txt").read_text(encoding="utf-8")
     assert "VECTOR_TRUNCATE_DEADLINE" in log
 
