@@ -360,3 +360,38 @@ def test_the_api_cancels_a_running_job_and_refuses_to_cancel_it_twice(
         assert count_rows(store.conn, "langchain_pg_embedding") == 300
     finally:
         release_pending_results()
+
+
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_a_run_superseded_with_force_is_cancelled_and_never_truncates(
+    store, slow_table, task_id, task_root, monkeypatch, db
+):
+    monkeypatch.setenv("VECTOR_LIVENESS_WINDOW", "6")
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 250)
+    first = enqueue_vector_management(task_id, backup=True, truncate=True)
+    wait_for_sleeping_copy(db, first["run_id"])
+    with db.cursor() as cur:  # the newer run's COPY of the view will not sleep
+        cur.execute("UPDATE slow_flag SET slow = false")
+
+    newer = enqueue_vector_management(task_id, backup=True, truncate=True, force=True)
+
+    assert newer["enqueued"] and newer["previous_run_id"] == first["run_id"]
+    assert newer["previous_state"] == "running"
+    with pytest.raises(RunEndedError, match=f"was cancelled: superseded by run {newer['run_id']}"):
+        wait_for_run(first["run_id"], TIMEOUT)
+    result = wait_for_run(newer["run_id"], TIMEOUT)
+    assert result["truncate_results"]["langchain_pg_embedding"]["rows_before"] == 250
+    old = run_status(first["run_id"])
+    assert old["state"] == "cancelled" and old["superseded_by"] == newer["run_id"]
+    # Only the newer run's set is left: the superseded run's files went with it.
+    directory = task_root / task_id / "vector_bak"
+
+    def older() -> list[str]:
+        names = [p.name for p in directory.glob("*_*.*") if p.name != "vector_backup_log.txt"]
+        return [n for n in names if result["timestamp"] not in n]
+
+    deadline = time.monotonic() + 15
+    while older() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not older()
+    assert [m.name for m in directory.glob("manifest_*.json")] == [f"manifest_{result['timestamp']}.json"]
