@@ -243,15 +243,19 @@ def drop_restored(dsn: str) -> None:
     conn.close()
 
 
-def psql_copy_in(dsn: str, ddl: list[str], csv_file: Path) -> None:
-    """The baseline restore: the same tables and indexes, then `\\copy FROM`."""
+def psql_copy_in(dsn: str, schema: dict, csv_file: Path) -> None:
+    """The baseline restore: the same table, keys and indexes, then `\\copy FROM`."""
+    from common.table_schema import create_statements
+
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        for statement in ddl:
-            if "FOREIGN KEY" not in statement:
-                cur.execute(statement)
+        create, later, _foreign_keys = create_statements(
+            conn, TABLE, schema, (TABLE, "langchain_pg_collection")
+        )
+        for statement in [create, *later]:
+            cur.execute(statement)
     conn.close()
     command = f"\\copy {TABLE} FROM '{csv_file}' WITH (FORMAT csv, HEADER)"
     subprocess.run([pg_bin("psql"), "-X", "-q", "-d", dsn, "-c", command], check=True)
@@ -408,7 +412,7 @@ def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int
     def baseline_restore():
         drop_restored(restore_dsn)
         psql_copy_in(
-            restore_dsn, manifest["tables"][TABLE]["ddl"], newest / manifest["tables"][TABLE]["file"]
+            restore_dsn, manifest["tables"][TABLE]["schema"], newest / manifest["tables"][TABLE]["file"]
         )
 
     def ours():

@@ -6,7 +6,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypedDict
+from typing import Any, BinaryIO, Protocol, TypedDict
 
 import psycopg2
 from psycopg2 import sql
@@ -30,9 +30,9 @@ from common.db import (
     table_fingerprint,
     table_identifier,
 )
-from common.ddl import table_definition
 from common.exceptions import BackupError, VectorBackupError
 from common.sizes import format_size
+from common.table_schema import read_schema
 
 READ_BLOCK = 1 << 20
 
@@ -57,7 +57,7 @@ class TableBackup(TypedDict, total=False):
     csv_sha256: str
     csv_bytes: int
     columns: list[list[str]]
-    ddl: list[str]
+    schema: dict[str, Any]  # common.table_schema: columns, keys, indexes as data
     fingerprint: str
     collection_ids: list[str]
     retaken: bool
@@ -224,7 +224,8 @@ def backup_table(
         # The columns, the DDL, the rows and what is read beside them: one snapshot.
         begin_snapshot(conn)
         query, progress["total_estimate"] = plan_copy(conn, table)
-        columns, ddl = table_definition(conn, table)
+        schema = read_schema(conn, table)
+        columns = [[c["name"], c["type"]] for c in schema.get("columns", [])]
         progress["step"] = "creating the backup directory"
         directory.mkdir(parents=True, exist_ok=True)
         progress["step"] = "copying"
@@ -243,7 +244,7 @@ def backup_table(
                 rows = chunks.copy(conn, table, query, writer)
             if link:
                 progress["step"] = "reading collection ids"
-                collection_ids = snapshot_collection_ids(conn, table, link, ddl)
+                collection_ids = snapshot_collection_ids(conn, table, link, schema)
             if fingerprint:
                 progress["step"] = "fingerprinting"
                 digest = table_fingerprint(conn, table)
@@ -274,7 +275,7 @@ def backup_table(
             else {}
         ),
         columns=columns,
-        ddl=ddl,
+        schema=schema,
         **({"fingerprint": digest} if digest else {}),
         **({"collection_ids": collection_ids} if collection_ids is not None else {}),
         duration=round(time.time() - started, 3),

@@ -22,7 +22,6 @@ check above needs no coordination. `verify` re-checks the link from the files al
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -34,10 +33,6 @@ from common.db import table_identifier
 
 COLLECTION_KEY = "uuid"
 LINK_COLUMN = "collection_id"
-FOREIGN_KEY = re.compile(
-    rf"FOREIGN KEY \({LINK_COLUMN}\) REFERENCES "
-    rf"((?:[\w.]|\"[^\"]+\")*{COLLECTION_TABLE}\"?)\s*\({COLLECTION_KEY}\)"
-)
 
 
 def link_column(table: str, columns: Iterable[str]) -> str | None:
@@ -48,11 +43,22 @@ def link_column(table: str, columns: Iterable[str]) -> str | None:
     return LINK_COLUMN if LINK_COLUMN in names else None
 
 
-def snapshot_collection_ids(conn: Connection, table: str, column: str, ddl: Iterable[str] = ()) -> list[str]:
+def snapshot_collection_ids(
+    conn: Connection, table: str, column: str, schema: Mapping[str, Any] | None = None
+) -> list[str]:
     """The collection ids `table` holds or may reference, read in the caller's transaction."""
-    referenced = next((m.group(1) for d in ddl if (m := FOREIGN_KEY.search(d))), None)
+    referenced = next(
+        (
+            key["references"]
+            for key in (schema or {}).get("foreign_keys") or []
+            if key["columns"] == [LINK_COLUMN]
+            and key["ref_columns"] == [COLLECTION_KEY]
+            and key["references"].rsplit(".", 1)[-1].strip('"') == COLLECTION_TABLE
+        ),
+        None,
+    )
     if table != COLLECTION_TABLE and referenced:
-        # From the catalog's own constraint text, so the name is already quoted.
+        # The catalog's own name for the table (`regclass`), so it is already quoted.
         query = sql.SQL("SELECT {key}::text FROM {table}").format(
             key=sql.Identifier(COLLECTION_KEY), table=sql.SQL(referenced)
         )

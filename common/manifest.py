@@ -20,8 +20,12 @@ from common.compression import of_file, open_text
 from common.consistency import COLLECTION_TABLE, link_column, missing_collections
 from common.exceptions import VerifyError
 from common.run_result import VectorRunResult
+from common.table_schema import check_schema
 
-FORMAT_VERSION = 1
+# 2: tables described as data (`schema`, common.table_schema); 1 carried SQL text
+# (`ddl`), which restore never runs: a format 1 set restores only into existing tables.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 READ_CHUNK = 1 << 20
 
 
@@ -60,7 +64,7 @@ def write_manifest(
                 **{k: info[k] for k in ("csv_bytes", "csv_sha256") if k in info},
                 "duration": info["duration"],
                 "columns": info["columns"],
-                "ddl": info["ddl"],
+                "schema": info["schema"],
             }
             for name, info in result["tables_backed_up"].items()
         },
@@ -88,10 +92,23 @@ def load_manifest(path: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VerifyError(f"{path.name}: unreadable manifest: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format_version") not in READABLE_VERSIONS:
         raise VerifyError(f"{path.name}: not a format {FORMAT_VERSION} manifest")
     if not isinstance(manifest.get("tables"), dict) or not manifest["tables"]:
         raise VerifyError(f"{path.name}: the manifest lists no tables")
+    for table, entry in manifest["tables"].items():
+        columns = entry.get("columns") if isinstance(entry, dict) else None
+        if not isinstance(columns, list) or not all(
+            isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c) for c in columns
+        ):
+            raise VerifyError(
+                f"{path.name}: {str(table)[:100]}: the manifest's columns are not [name, type] pairs"
+            )
+        if manifest["format_version"] >= 2:
+            try:
+                check_schema(table, entry.get("schema"), [c[0] for c in columns])
+            except VerifyError as exc:
+                raise VerifyError(f"{path.name}: {exc}") from None
     return manifest
 
 

@@ -11,9 +11,11 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
 from common.compression import open_binary
+from common.config import load_settings
 from common.db import first_line, rollback_quietly, table_identifier
-from common.exceptions import RestoreError
+from common.exceptions import RestoreError, VerifyError
 from common.manifest import find_manifest, verify_set
+from common.table_schema import create_statements
 
 MODES = ("replace", "append")
 COPY_CHUNK = 1 << 20  # psycopg2 reads 8 KiB per call by default
@@ -27,19 +29,34 @@ class RestoreResult(TypedDict):
     duration: float
 
 
-def restore_set(conn: Connection, path: Path, mode: str = "replace") -> RestoreResult:
-    """Verify the set at `path`, then restore its tables in manifest order (collection first).
+def restore_set(
+    conn: Connection, path: Path, mode: str = "replace", tables: tuple[str, ...] | None = None
+) -> RestoreResult:
+    """Verify the set at `path`, then restore the configured `tables` (default:
+    `VECTOR_SUPPORTED_TABLES`, in that order: collection first) and nothing else.
 
-    Missing tables are created from the manifest's DDL, after `CREATE EXTENSION IF NOT
-    EXISTS vector`. `replace` deletes the tables' rows first (DELETE, inside the same
-    transaction); `append` adds to them. Either every table is restored or nothing is.
+    The manifest must list exactly those tables. Missing tables are created from the
+    manifest's description of them (`common.table_schema`: composed, checked, never SQL
+    text from the file), after `CREATE EXTENSION IF NOT EXISTS vector`. `replace` deletes
+    the tables' rows first (DELETE, inside the same transaction); `append` adds to them.
+    Either every table is restored or nothing is.
     """
     if mode not in MODES:
         raise RestoreError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     started = time.time()
+    configured = tables if tables is not None else load_settings().vector.supported_tables
     manifest_path = find_manifest(path)
     manifest = verify_set(manifest_path, deep=False)  # COPY parses the rows; counts are compared below
-    tables = manifest["tables"]
+    listed = set(manifest["tables"])
+    if listed != set(configured):
+        extra = sorted(listed - set(configured))
+        absent = sorted(set(configured) - listed)
+        raise RestoreError(
+            f"{manifest_path.name} lists {', '.join(map(repr, extra)) or 'no other table'} beyond "
+            f"VECTOR_SUPPORTED_TABLES and lacks {', '.join(absent) or 'none of them'}; restore only "
+            "ever touches the configured tables; nothing was restored"
+        )
+    tables = {table: manifest["tables"][table] for table in configured}
     restored: dict[str, int] = {}
     created: list[str] = []
     current = "the extension"
@@ -47,15 +64,24 @@ def restore_set(conn: Connection, path: Path, mode: str = "replace") -> RestoreR
     try:
         with conn.cursor() as cur:
             cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            deferred = []  # constraints and indexes of created tables, built after the load
+            deferred = []  # keys and indexes of created tables, built after the load
+            foreign_keys = []  # then their foreign keys, once every key they reference exists
             for current, entry in tables.items():
                 cur.execute("SELECT to_regclass(%s)", (table_identifier(current).as_string(conn),))
                 if cur.fetchone()[0] is None:
-                    create, *rest = entry.get("ddl") or [None]
-                    if create is None:
-                        raise RestoreError(f"{current}: missing, and the manifest has no DDL to create it")
+                    if "schema" not in entry:
+                        raise RestoreError(
+                            f"{current}: missing, and this format {manifest['format_version']} manifest "
+                            "describes it only as SQL text, which restore never runs; create the table, "
+                            "then restore into it"
+                        )
+                    try:
+                        create, later, foreign = create_statements(conn, current, entry["schema"], configured)
+                    except VerifyError as exc:
+                        raise RestoreError(f"{exc}; nothing was restored") from None
                     cur.execute(create)
-                    deferred += rest
+                    deferred += later
+                    foreign_keys += foreign
                     created.append(current)
             if mode == "replace":
                 # Referencing tables first, so no foreign key objects to the order.
@@ -73,9 +99,8 @@ def restore_set(conn: Connection, path: Path, mode: str = "replace") -> RestoreR
                 restored[current] = cur.rowcount
             # As pg_restore does: one bulk build per index and one validation per key is far
             # faster than maintaining them row by row; a violation still aborts everything.
-            # Keys and unique constraints first, so the foreign keys find what they reference.
             current = "constraints and indexes"
-            for statement in sorted(deferred, key=lambda d: "FOREIGN KEY" in d):
+            for statement in deferred + foreign_keys:
                 cur.execute(statement)
         conn.commit()
     except RestoreError:

@@ -37,7 +37,7 @@ def test_manifest_describes_the_set(backup_set, store):
     result, directory = backup_set
     manifest = json.loads((directory / f"manifest_{result['timestamp']}.json").read_text())
 
-    assert manifest["format_version"] == 1 and manifest["run_id"] == result["run_id"]
+    assert manifest["format_version"] == 2 and manifest["run_id"] == result["run_id"]
     assert manifest["server"]["server_version"] and manifest["server"]["pgvector_version"]
     assert "password" not in json.dumps(manifest["database"])
     entry = manifest["tables"]["langchain_pg_embedding"]
@@ -45,6 +45,12 @@ def test_manifest_describes_the_set(backup_set, store):
     assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["bytes"] == len(data)
     assert entry["rows"] == count_rows(store.conn, "langchain_pg_embedding")
     assert ["embedding", "vector"] in entry["columns"]
+    # The table described as data, never as SQL text.
+    assert "ddl" not in entry
+    assert {"name": "embedding", "type": "vector", "not_null": False} in entry["schema"]["columns"]
+    key = entry["schema"]["foreign_keys"][0]
+    assert key["columns"] == ["collection_id"] and key["references"] == "langchain_pg_collection"
+    assert key["ref_columns"] == ["uuid"] and key["on_delete"] == "CASCADE"
 
 
 def test_verify_accepts_an_intact_set_by_directory_or_manifest(backup_set):

@@ -1,0 +1,274 @@
+"""A table's shape as data — columns, keys, foreign keys, indexes — read from the catalog
+for the manifest, checked when read back, and turned into SQL only by composing
+identifiers and a few checked words with `psycopg2.sql`.
+
+A manifest is read from a backup directory, which is hostile input: nothing in it is
+ever run as SQL text. Types must look like a type name and be known to the server
+(`to_regtype`); index methods, foreign-key actions and option values come from short
+allow-lists; operator classes must exist for their index method; every column a key or
+an index names must be one of the table's columns. Anything else is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
+
+from common.db import table_identifier
+from common.exceptions import VerifyError
+
+# One word (maybe schema-qualified), or one of the few types SQL spells in several words;
+# then a type modifier and an array mark, both optional.
+SPELLED_OUT = "character varying|double precision|bit varying|(?:timestamp|time) with(?:out)? time zone"
+TYPE = re.compile(
+    rf"^(?:(?:[a-z_][a-z0-9_]{{0,62}}\.)?[a-z_][a-z0-9_]{{0,62}}|{SPELLED_OUT})"
+    r"(?:\(\d{1,5}(?:,\s?\d{1,5})?\))?(?:\[\])?$"
+)
+WORD = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+OPTION_VALUE = re.compile(r"^[A-Za-z0-9_.]{1,32}$")
+INDEX_METHODS = ("btree", "hash", "gin", "gist", "brin", "hnsw", "ivfflat")
+ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
+KEYS = {"columns", "primary_key", "unique", "foreign_keys", "indexes"}
+
+
+def read_schema(conn: Connection, table: str) -> dict[str, Any]:
+    """`table`'s columns (CSV order), primary key, unique keys, foreign keys and other
+    indexes, as plain data; empty if `table` is not a relation. An index the description
+    cannot hold (on expressions, or partial) is recorded as `unsupported`."""
+    name = table_identifier(table).as_string(conn)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (name,),
+        )
+        columns = [{"name": n, "type": t, "not_null": nn} for n, t, nn in cur.fetchall()]
+        if not columns:
+            return {}
+        cur.execute(
+            "SELECT conname, contype, confrelid::regclass::text, confdeltype, confupdtype, "
+            "ARRAY(SELECT attname FROM unnest(conkey) WITH ORDINALITY k(n, i) "
+            "  JOIN pg_attribute ON attrelid = conrelid AND attnum = k.n ORDER BY k.i), "
+            "ARRAY(SELECT attname FROM unnest(confkey) WITH ORDINALITY k(n, i) "
+            "  JOIN pg_attribute ON attrelid = confrelid AND attnum = k.n ORDER BY k.i) "
+            "FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype IN ('p', 'u', 'f') "
+            "ORDER BY conname",
+            (name,),
+        )
+        constraints = cur.fetchall()
+        cur.execute(
+            "SELECT i.relname, am.amname, x.indisunique, x.indexprs IS NOT NULL OR x.indpred IS NOT NULL, "
+            "ARRAY(SELECT a.attname FROM unnest(x.indkey) WITH ORDINALITY k(n, o) "
+            "  LEFT JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.n ORDER BY k.o), "
+            "ARRAY(SELECT c.opcname FROM unnest(x.indclass) WITH ORDINALITY k(n, o) "
+            "  JOIN pg_opclass c ON c.oid = k.n ORDER BY k.o), "
+            "coalesce(i.reloptions, '{}') "
+            "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_am am ON am.oid = i.relam "
+            "WHERE x.indrelid = to_regclass(%s) "
+            "AND x.indexrelid NOT IN (SELECT conindid FROM pg_constraint WHERE conrelid = x.indrelid) "
+            "ORDER BY i.relname",
+            (name,),
+        )
+        indexes = cur.fetchall()
+    schema: dict[str, Any] = {"columns": columns, "primary_key": None, "unique": [], "foreign_keys": []}
+    for conname, kind, referenced, on_delete, on_update, keys, ref_keys in constraints:
+        if kind == "p":
+            schema["primary_key"] = {"name": conname, "columns": list(keys)}
+        elif kind == "u":
+            schema["unique"].append({"name": conname, "columns": list(keys)})
+        else:
+            schema["foreign_keys"].append(
+                {
+                    "name": conname,
+                    "columns": list(keys),
+                    "references": referenced,
+                    "ref_columns": list(ref_keys),
+                    "on_delete": ACTIONS[on_delete],
+                    "on_update": ACTIONS[on_update],
+                }
+            )
+    schema["indexes"] = [
+        {"name": index, "unsupported": "an index on expressions or a partial index"}
+        if odd or None in keys
+        else {
+            "name": index,
+            "method": method,
+            "unique": unique,
+            "columns": [{"name": k, "opclass": c} for k, c in zip(keys, classes, strict=True)],
+            "options": dict(option.split("=", 1) for option in options),
+        }
+        for index, method, unique, odd, keys, classes, options in indexes
+    ]
+    return schema
+
+
+def check_schema(table: str, schema: Any, columns: list[str]) -> None:
+    """Raise `VerifyError` unless `schema` is a well-formed description of `table` whose
+    column names are `columns` (the CSV header) and whose every word is allowed."""
+
+    def refuse(what: str) -> VerifyError:
+        return VerifyError(f"{table}: the manifest's table description is not allowed: {what}")
+
+    if not isinstance(schema, dict) or not KEYS.issuperset(schema) or "columns" not in schema:
+        raise refuse("not a description of columns, keys and indexes")
+    described = schema["columns"]
+    if not isinstance(described, list) or [_text(c, "name") for c in described] != columns:
+        raise refuse("its columns are not the file's columns")
+    for column in described:
+        if not TYPE.match(_text(column, "type")) or not isinstance(column.get("not_null"), bool):
+            raise refuse(f"column {column.get('name')!r} has type {str(column.get('type'))[:80]!r}")
+    keys = [schema["primary_key"]] if schema.get("primary_key") else []
+    keys += _list(schema.get("unique"), refuse) + _list(schema.get("foreign_keys"), refuse)
+    for key in keys:
+        _check_columns(key, "columns", columns, refuse)
+        _name(key, refuse)
+    for key in _list(schema.get("foreign_keys"), refuse):
+        ref_columns = key.get("ref_columns")
+        if not isinstance(ref_columns, list) or not ref_columns or not all(map(_is_name, ref_columns)):
+            raise refuse(f"foreign key {key.get('name')!r} references no columns")
+        if not _is_name(key.get("references")):
+            raise refuse(f"foreign key {key.get('name')!r} references no table")
+        if {key.get("on_delete"), key.get("on_update")} - set(ACTIONS.values()):
+            raise refuse(f"foreign key {key.get('name')!r} has an unknown action")
+    for index in _list(schema.get("indexes"), refuse):
+        _name(index, refuse)
+        if "unsupported" in index:
+            continue
+        if index.get("method") not in INDEX_METHODS or not isinstance(index.get("unique"), bool):
+            raise refuse(f"index {index.get('name')!r} uses method {str(index.get('method'))[:40]!r}")
+        parts = _list(index.get("columns"), refuse)
+        if not parts or any(not isinstance(p, dict) or p.get("name") not in columns for p in parts):
+            raise refuse(f"index {index.get('name')!r} names a column the table does not have")
+        if any(not WORD.match(_text(p, "opclass")) for p in parts):
+            raise refuse(f"index {index.get('name')!r} has an operator class that is not a plain name")
+        options = index.get("options")
+        if not isinstance(options, dict) or not all(
+            WORD.match(str(k)) and OPTION_VALUE.match(str(v)) for k, v in options.items()
+        ):
+            raise refuse(f"index {index.get('name')!r} has options that are not plain words or numbers")
+
+
+def create_statements(
+    conn: Connection, table: str, schema: dict[str, Any], tables: tuple[str, ...]
+) -> tuple[sql.Composed, list[sql.Composed], list[sql.Composed]]:
+    """CREATE TABLE for `table`, the keys and indexes to build after its rows are in, and
+    its foreign keys (to add once every table's keys are built). `schema` must have passed
+    `check_schema`; here the server checks that each type and operator class exists, and
+    foreign keys may only reference `tables`. Raises `VerifyError` before anything is
+    created."""
+    ident = table_identifier(table)
+    with conn.cursor() as cur:
+        for column in schema["columns"]:
+            cur.execute("SELECT to_regtype(%s)", (column["type"],))
+            if cur.fetchone()[0] is None:
+                raise VerifyError(f"{table}: column {column['name']!r} has unknown type {column['type']!r}")
+        for index in schema.get("indexes") or []:
+            if "unsupported" in index:
+                raise VerifyError(
+                    f"{table}: index {index['name']!r} is {index['unsupported']}, which restore cannot "
+                    "recreate; create the table yourself, then restore into it"
+                )
+            for part in index["columns"]:
+                cur.execute(
+                    "SELECT 1 FROM pg_opclass c JOIN pg_am a ON a.oid = c.opcmethod "
+                    "WHERE c.opcname = %s AND a.amname = %s",
+                    (part["opclass"], index["method"]),
+                )
+                if cur.fetchone() is None:
+                    raise VerifyError(
+                        f"{table}: index {index['name']!r}: no operator class {part['opclass']!r} "
+                        f"for {index['method']}"
+                    )
+    for key in schema.get("foreign_keys") or []:
+        if key["references"] not in tables:
+            raise VerifyError(
+                f"{table}: foreign key {key['name']!r} references {key['references']!r}, "
+                "which is not one of VECTOR_SUPPORTED_TABLES"
+            )
+    columns = sql.SQL(", ").join(
+        sql.SQL("{} {}{}").format(
+            sql.Identifier(c["name"]), sql.SQL(c["type"]), sql.SQL(" NOT NULL" if c["not_null"] else "")
+        )
+        for c in schema["columns"]
+    )
+    create = sql.SQL("CREATE TABLE {} ({})").format(ident, columns)
+    later = []
+    keys = [("PRIMARY KEY", schema["primary_key"])] if schema.get("primary_key") else []
+    keys += [("UNIQUE", key) for key in schema.get("unique") or []]
+    for kind, key in keys:
+        later.append(
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} ({})").format(
+                ident, sql.Identifier(key["name"]), sql.SQL(kind), _names(key["columns"])
+            )
+        )
+    for index in schema.get("indexes") or []:
+        parts = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(p["name"]), sql.Identifier(p["opclass"]))
+            for p in index["columns"]
+        )
+        options = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.SQL(k), sql.Literal(str(v))) for k, v in index["options"].items()
+        )
+        later.append(
+            sql.SQL("CREATE {}INDEX {} ON {} USING {} ({}){}").format(
+                sql.SQL("UNIQUE " if index["unique"] else ""),
+                sql.Identifier(index["name"]),
+                ident,
+                sql.Identifier(index["method"]),
+                parts,
+                sql.SQL(" WITH ({})").format(options) if index["options"] else sql.SQL(""),
+            )
+        )
+    foreign = []
+    for key in schema.get("foreign_keys") or []:
+        foreign.append(
+            sql.SQL(
+                "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) "
+                "ON DELETE {} ON UPDATE {}"
+            ).format(
+                ident,
+                sql.Identifier(key["name"]),
+                _names(key["columns"]),
+                table_identifier(key["references"]),
+                _names(key["ref_columns"]),
+                sql.SQL(key["on_delete"]),
+                sql.SQL(key["on_update"]),
+            )
+        )
+    return create, later, foreign
+
+
+def _names(names: list[str]) -> sql.Composed:
+    return sql.SQL(", ").join(map(sql.Identifier, names))
+
+
+def _text(entry: Any, key: str) -> str:
+    value = entry.get(key) if isinstance(entry, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 63 and "\0" not in value
+
+
+def _name(entry: Any, refuse) -> None:
+    if not isinstance(entry, dict) or not _is_name(entry.get("name")):
+        raise refuse("a key or index without a plain name")
+
+
+def _list(value: Any, refuse) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise refuse("a list of keys or indexes is not a list")
+    return value
+
+
+def _check_columns(key: Any, field: str, columns: list[str], refuse) -> None:
+    names = key.get(field) if isinstance(key, dict) else None
+    if not isinstance(names, list) or not names or any(n not in columns for n in names):
+        name = key.get("name") if isinstance(key, dict) else key
+        raise refuse(f"key {name!r} names a column the table does not have")
