@@ -107,6 +107,13 @@ class Settings:
     task_root: Path = Path("data_pipeline/training_data")
     vector: VectorTableManagement = field(default_factory=VectorTableManagement)
     runs: RunControl = field(default_factory=RunControl)
+    # HMAC-SHA256 key for manifests: with it, a set is only trusted if its manifest is
+    # signed with it (`VECTOR_SIGNING_KEY`).
+    signing_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.signing_key is not None and len(self.signing_key) < 16:
+            raise ConfigurationError("VECTOR_SIGNING_KEY must be at least 16 characters")
 
     def backup_directory(self, task_id: str | None = None) -> Path:
         """`<root>/<task_id>/vector_bak`, or `<root>/vector_bak` without a task id."""
@@ -196,6 +203,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         task_root=Path(env.get("VECTOR_TASK_ROOT", "data_pipeline/training_data")),
         vector=vector,
         runs=runs,
+        signing_key=env.get("VECTOR_SIGNING_KEY") or None,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import json
 import time
 from pathlib import Path
@@ -43,9 +44,14 @@ def manifest_timestamp(path: Path) -> str:
 
 
 def write_manifest(
-    directory: Path, result: VectorRunResult, server: dict[str, str | None], temp_suffix: str = ".tmp"
+    directory: Path,
+    result: VectorRunResult,
+    server: dict[str, str | None],
+    temp_suffix: str = ".tmp",
+    signing_key: str | None = None,
 ) -> Path:
-    """Write the set's manifest atomically; the result dict must describe a complete set."""
+    """Write the set's manifest atomically, signed with `signing_key` if given; the result
+    dict must describe a complete set."""
     manifest = {
         "format_version": FORMAT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -69,10 +75,41 @@ def write_manifest(
             for name, info in result["tables_backed_up"].items()
         },
     }
+    if signing_key is not None:
+        manifest["signature"] = {"algorithm": SIGNATURE, "value": signature(manifest, signing_key)}
     path = directory / manifest_name(result["timestamp"])
     with atomic_output(path, temp_suffix) as out:
         out.write(json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
     return path
+
+
+SIGNATURE = "hmac-sha256"
+
+
+def signature(manifest: dict[str, Any], key: str) -> str:
+    """HMAC-SHA256 over the manifest's canonical JSON (sorted keys, no spaces), signature aside."""
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hmac.new(key.encode(), canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def check_signature(name: str, manifest: dict[str, Any], key: str | None) -> None:
+    """With a key, refuse a manifest that is unsigned or not signed with it. Without one
+    there is nothing to check: a set then only proves that it matches its own manifest."""
+    if key is None:
+        return
+    given = manifest.get("signature")
+    if (
+        not isinstance(given, dict)
+        or given.get("algorithm") != SIGNATURE
+        or not isinstance(given.get("value"), str)
+    ):
+        raise VerifyError(f"{name}: the manifest is not signed, and VECTOR_SIGNING_KEY is set; refused")
+    if not hmac.compare_digest(given["value"], signature(manifest, key)):
+        raise VerifyError(
+            f"{name}: the manifest's signature does not match VECTOR_SIGNING_KEY "
+            "(changed since it was written, or signed with another key); refused"
+        )
 
 
 def find_manifest(path: Path) -> Path:
@@ -112,7 +149,7 @@ def load_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_set(path: Path, deep: bool = True) -> dict[str, Any]:
+def verify_set(path: Path, deep: bool = True, signing_key: str | None = None) -> dict[str, Any]:
     """Re-check every file of a set: size, sha256, CSV row count and header, and that
     every collection id the embedding file references is in the collection file.
 
@@ -123,10 +160,12 @@ def verify_set(path: Path, deep: bool = True) -> dict[str, Any]:
     command and task) parses every file regardless, which also catches a manifest forged
     to match altered files.
 
+    With `signing_key`, the manifest must carry its signature (`check_signature`) first.
     Returns the manifest; raises `VerifyError` listing every problem found.
     """
     manifest_path = find_manifest(path)
     manifest = load_manifest(manifest_path)
+    check_signature(manifest_path.name, manifest, signing_key)
     problems = []
     ids = {}
     for table, entry in manifest["tables"].items():

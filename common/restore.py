@@ -11,7 +11,7 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
 from common.compression import open_binary
-from common.config import load_settings
+from common.config import Settings, load_settings
 from common.db import first_line, rollback_quietly, table_identifier
 from common.exceptions import RestoreError, VerifyError
 from common.manifest import find_manifest, verify_set
@@ -30,10 +30,11 @@ class RestoreResult(TypedDict):
 
 
 def restore_set(
-    conn: Connection, path: Path, mode: str = "replace", tables: tuple[str, ...] | None = None
+    conn: Connection, path: Path, mode: str = "replace", settings: Settings | None = None
 ) -> RestoreResult:
-    """Verify the set at `path`, then restore the configured `tables` (default:
-    `VECTOR_SUPPORTED_TABLES`, in that order: collection first) and nothing else.
+    """Verify the set at `path` (its signature too, with `VECTOR_SIGNING_KEY`), then
+    restore the configured tables (`VECTOR_SUPPORTED_TABLES`, in that order: collection
+    first) and nothing else.
 
     The manifest must list exactly those tables. Missing tables are created from the
     manifest's description of them (`common.table_schema`: composed, checked, never SQL
@@ -44,9 +45,11 @@ def restore_set(
     if mode not in MODES:
         raise RestoreError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     started = time.time()
-    configured = tables if tables is not None else load_settings().vector.supported_tables
+    settings = settings or load_settings()
+    configured = settings.vector.supported_tables
     manifest_path = find_manifest(path)
-    manifest = verify_set(manifest_path, deep=False)  # COPY parses the rows; counts are compared below
+    # COPY parses the rows; their counts are compared below.
+    manifest = verify_set(manifest_path, deep=False, signing_key=settings.signing_key)
     listed = set(manifest["tables"])
     if listed != set(configured):
         extra = sorted(listed - set(configured))

@@ -99,7 +99,9 @@ def close_backup_set(
             info.pop("collection_ids", None)  # checked; too long to carry in every result
         if not result["errors"]:
             server = server_info(settings.database)
-            manifest = write_manifest(directory, result, server, settings.vector.backup_temp_suffix)
+            manifest = write_manifest(
+                directory, result, server, settings.vector.backup_temp_suffix, settings.signing_key
+            )
             result["manifest"] = manifest.name
         append_backup_block(directory, result)
         if result["errors"]:
@@ -188,7 +190,8 @@ def truncate_after_backup(
                 "fingerprint); nothing was truncated"
             )
         try:
-            verify_set(directory / str(backup_result.get("manifest") or "missing manifest"), deep=False)
+            manifest = directory / str(backup_result.get("manifest") or "missing manifest")
+            verify_set(manifest, deep=False, signing_key=settings.signing_key)
         except VerifyError as exc:
             raise TruncateRefusedError(
                 f"the backup set does not verify: {exc}; nothing was truncated"

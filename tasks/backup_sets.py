@@ -25,7 +25,8 @@ def inside_task_root(settings: Settings, path: str) -> Path:
 @app.task(name="vector.verify_backup_set")
 def verify_backup_set(path: str) -> dict[str, Any]:
     """The verified manifest of the set at `path`; raises `VerifyError` otherwise."""
-    return verify_set(inside_task_root(load_settings(), path))
+    settings = load_settings()
+    return verify_set(inside_task_root(settings, path), signing_key=settings.signing_key)
 
 
 @app.task(name="vector.restore_backup_set")
@@ -34,6 +35,6 @@ def restore_backup_set(path: str, mode: str = "replace") -> RestoreResult:
     settings = load_settings()
     conn = connect(settings.database)
     try:
-        return restore_set(conn, inside_task_root(settings, path), mode)
+        return restore_set(conn, inside_task_root(settings, path), mode, settings)
     finally:
         conn.close()

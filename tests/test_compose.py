@@ -48,6 +48,10 @@ def test_one_named_volume_is_the_task_root_of_worker_beat_and_api():
 
 def test_flower_always_has_basic_auth_and_secrets_come_from_env_example():
     assert SERVICES["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    # The API listens on every interface in compose: it never starts without its token.
+    assert SERVICES["api"]["environment"]["API_TOKEN"].startswith("${API_TOKEN:?")
+    for name in ("worker", "beat", "api"):
+        assert SERVICES[name]["environment"]["VECTOR_SIGNING_KEY"].startswith("${VECTOR_SIGNING_KEY:?"), name
     text = (ROOT / "docker-compose.yml").read_text()
     required = set(re.findall(r"\$\{(\w+):\?", text))
     example = (ROOT / ".env.example").read_text()

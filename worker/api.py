@@ -8,6 +8,8 @@ and executes on the workers, never in the web process.
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import json
 import logging
 import re
 import time
@@ -39,6 +41,15 @@ BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError, OperationalError)
 log = logging.getLogger("worker.api")
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def reply(body: dict, headers: dict | None = None) -> Response:
     response = jsonify(body)
     response.status_code = body["code"]
@@ -62,6 +73,23 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
         if not hmac.compare_digest(given.encode(), f"Bearer {api.token}".encode()):
             return reply(envelope.unauthorized_response(), {"WWW-Authenticate": "Bearer"})
         return None
+
+    # Without a token anyone local may ask: answers name paths relative to the task root.
+    absolute_roots = sorted(
+        {str(p) for p in (settings.task_root, settings.task_root.resolve()) if p.is_absolute()},
+        key=len,
+        reverse=True,
+    )
+
+    @web.after_request
+    def hide_absolute_paths(response: Response) -> Response:
+        if api.token is None and response.mimetype == "application/json" and not response.direct_passthrough:
+            text = response.get_data(as_text=True)
+            for root in absolute_roots:
+                escaped = json.dumps(root)[1:-1]
+                text = text.replace(escaped + "/", "").replace(escaped, ".")
+            response.set_data(text)
+        return response
 
     @web.before_request
     def start_clock():
@@ -100,8 +128,18 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
 
     @web.post(f"{PREFIX}/backup")
     def backup():
+        body = request.get_data(cache=False)
+        if body.strip() and request.mimetype != "application/json":
+            # A browser sends text/plain cross-site without asking first: never a JSON body here.
+            response = envelope.error_response(
+                415,
+                "unsupported media type",
+                "the body must be sent as application/json",
+                "UNSUPPORTED_MEDIA",
+            )
+            return reply(response)
         try:
-            params = parse_backup_body(request.get_data(cache=False))
+            params = parse_backup_body(body)
             target = (
                 check_db_connection(params.db_connection, api) if params.db_connection else settings.database
             )
@@ -205,15 +243,22 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     return web
 
 
-def serve(host: str, port: int, threads: int = 8) -> None:
-    """Serve with waitress, a production WSGI server (the same in compose)."""
+def serve(host: str, port: int, threads: int = 8, insecure_no_auth: bool = False) -> None:
+    """Serve with waitress, a production WSGI server (the same in compose). Without
+    `API_TOKEN` only on a loopback address, unless `insecure_no_auth` says otherwise."""
     from waitress import serve as waitress_serve
 
     from worker.logs import configure_api_logging
 
     configure_api_logging()
     try:
-        web = create_app()
+        api = load_api_settings()
+        if api.token is None and not is_loopback(host) and not insecure_no_auth:
+            raise ConfigurationError(
+                f"refusing to serve the API on {host} without API_TOKEN: anyone who reaches it could "
+                "empty the store; set API_TOKEN, listen on 127.0.0.1, or pass --insecure-no-auth"
+            )
+        web = create_app(api=api)
     except ConfigurationError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
     waitress_serve(web, host=host, port=port, threads=threads, ident="pgvector-backup")

@@ -186,11 +186,13 @@ def verify(path):
     PATH is a backup directory (its newest set) or one set's manifest_*.json.
     Exit 0 only when every file holds.
     """
+    from common.config import load_settings
     from common.manifest import find_manifest, verify_set
 
     try:
+        key = load_settings().signing_key
         manifest_path = find_manifest(path)
-        manifest = verify_set(manifest_path)
+        manifest = verify_set(manifest_path, signing_key=key)
     except VectorBackupError as exc:
         click.echo(f"✗ {exc}")
         sys.exit(1)
@@ -247,12 +249,17 @@ def restore(path, db_connection, mode):
 @click.option(
     "--threads", default=8, show_default=True, help="Request threads (a waiting request holds one)."
 )
-def api(host, port, threads):
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Serve without API_TOKEN on a non-loopback address (anyone who reaches it can empty the store).",
+)
+def api(host, port, threads, insecure_no_auth):
     """Serve the HTTP API (waitress). Runs execute on the workers, never in this process."""
     from worker.api import serve
 
     console.print(f"API on http://{host}:{port}/api/v0/openapi.json")
-    serve(host, port, threads)
+    serve(host, port, threads, insecure_no_auth)
 
 
 def follow_run(
