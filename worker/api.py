@@ -140,9 +140,9 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
             return reply(response)
         try:
             params = parse_backup_body(body)
-            target = (
-                check_db_connection(params.db_connection, api) if params.db_connection else settings.database
-            )
+            target, run_url = settings.database, None
+            if params.db_connection:
+                target, run_url = check_db_connection(params.db_connection, api)
         except InvalidParams as exc:
             return reply(envelope.bad_request_response(str(exc)))
         except ForbiddenDatabase as exc:
@@ -154,12 +154,19 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
         try:
             connect(target).close()
         except DatabaseUnavailableError as exc:
-            return reply(envelope.service_unavailable_response(str(exc)))
+            # The reason (refused, timed out, wrong password) stays in this log: an answer
+            # that told it would let a caller scan ports and guess passwords.
+            log.warning("%s", exc)
+            return reply(
+                envelope.service_unavailable_response(
+                    f"the database {target.describe()} cannot be reached now"
+                )
+            )
         answer = enqueue_vector_management(
             params.task_id,
             backup=True,
             truncate=params.truncate,
-            db_connection=params.db_connection,
+            db_connection=run_url,
             settings=settings,
         )
         job_id = answer["run_id"]
