@@ -7,6 +7,7 @@ path segment.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -15,6 +16,8 @@ from common.exceptions import ConfigurationError, VerifyError
 from common.manifest import MANIFEST_GLOB, load_manifest, manifest_name, manifest_timestamp
 
 SEPARATOR = "~"
+# A set's timestamp as file names carry it (VECTOR_TIMESTAMP_FORMAT): no path, no dots first.
+STAMP = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 
 class SetSummary(TypedDict):
@@ -53,12 +56,12 @@ def list_sets(settings: Settings) -> list[SetSummary]:
 def find_set(settings: Settings, name: str) -> tuple[Path, dict[str, Any]]:
     """The manifest path and contents of the set called `name`; `VerifyError` if there is none."""
     task_id, sep, timestamp = name.partition(SEPARATOR)
-    if not sep or not timestamp or "/" in timestamp or "\0" in timestamp or timestamp.startswith("."):
-        raise VerifyError(f"no backup set called {name!r}")
+    if not sep or not timestamp or not STAMP.fullmatch(timestamp) or len(name) > 200:
+        raise VerifyError(f"no backup set called {name[:100]!r}")
     if task_id and not _is_task_id(task_id):
         raise VerifyError(f"no backup set called {name!r}")
     path = settings.backup_directory(task_id or None) / manifest_name(timestamp)
-    if path.parent != settings.backup_directory(task_id or None) or not path.is_file():
+    if path.parent != settings.backup_directory(task_id or None) or not _plain_file(path):
         raise VerifyError(f"no backup set called {name!r}")
     return path, load_manifest(path)
 
@@ -71,9 +74,15 @@ def set_file(settings: Settings, name: str, file_name: str) -> Path:
     if file_name not in allowed or Path(file_name).name != file_name:
         raise VerifyError(f"{file_name!r} is not a file of backup set {name!r}")
     path = manifest_path.parent / file_name
-    if not path.is_file():
-        raise VerifyError(f"{file_name!r} of backup set {name!r} is missing on disk")
+    if not _plain_file(path):
+        raise VerifyError(f"{file_name!r} of backup set {name!r} is missing on disk (or not a plain file)")
     return path
+
+
+def _plain_file(path: Path) -> bool:
+    """A regular file that is no symlink and, with its directory resolved, stays in it:
+    a link planted in a backup directory must never be followed."""
+    return path.is_file() and not path.is_symlink() and path.resolve().parent == path.parent.resolve()
 
 
 def _summary(task_id: str | None, path: Path) -> SetSummary:

@@ -19,7 +19,7 @@ from common.exceptions import ConfigurationError
 
 COLLECTION_TABLE = "langchain_pg_collection"
 EMBEDDING_TABLE = "langchain_pg_embedding"
-TASK_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_]+$")
+TASK_ID_PATTERN = re.compile(r"[a-zA-Z0-9_]+")  # matched whole (fullmatch): no trailing newline
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class Settings:
 
 def validate_task_id(task_id: str) -> str:
     """Accept only the seeds' `^[a-zA-Z0-9_]+$`, which also keeps paths inside the root."""
-    if not isinstance(task_id, str) or not TASK_ID_PATTERN.match(task_id) or len(task_id) > 128:
+    if not isinstance(task_id, str) or not TASK_ID_PATTERN.fullmatch(task_id) or len(task_id) > 128:
         raise ConfigurationError("task id must be 1-128 characters of letters, digits and underscores")
     return task_id
 
@@ -215,6 +215,10 @@ class ApiSettings:
     allowed_db_hosts: tuple[str, ...] = ()
     token: str | None = field(default=None, repr=False)
     max_body_bytes: int = 64 * 1024
+    # Requests that may wait for their run at once (each holds a server thread), and
+    # runs that may be live per database before a request for a new one is refused.
+    max_waiting: int = 4
+    max_runs: int = 4
 
 
 def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
@@ -225,7 +229,17 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
     wait_s = float(_number(env, "VECTOR_API_WAIT", ApiSettings.wait_s, float))
     if wait_s < 0:
         raise ConfigurationError("VECTOR_API_WAIT must be zero or a positive number of seconds")
-    return ApiSettings(wait_s=wait_s, allowed_db_hosts=hosts, token=env.get("API_TOKEN") or None)
+    max_waiting = int(_number(env, "VECTOR_API_MAX_WAITING", ApiSettings.max_waiting))
+    max_runs = int(_number(env, "VECTOR_API_MAX_RUNS", ApiSettings.max_runs))
+    if max_waiting < 0 or max_runs < 1:
+        raise ConfigurationError("VECTOR_API_MAX_WAITING must be 0 or more, VECTOR_API_MAX_RUNS 1 or more")
+    return ApiSettings(
+        wait_s=wait_s,
+        allowed_db_hosts=hosts,
+        token=env.get("API_TOKEN") or None,
+        max_waiting=max_waiting,
+        max_runs=max_runs,
+    )
 
 
 @dataclass(frozen=True)

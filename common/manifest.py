@@ -115,12 +115,14 @@ def check_signature(name: str, manifest: dict[str, Any], key: str | None) -> Non
 def find_manifest(path: Path) -> Path:
     """`path` itself if it is a manifest; for a directory, its newest set's manifest."""
     if path.is_dir():
-        manifests = sorted(path.glob(MANIFEST_GLOB))
+        manifests = sorted(p for p in path.glob(MANIFEST_GLOB) if not p.is_symlink())
         if not manifests:
             raise VerifyError(f"{path}: no {MANIFEST_GLOB} in this directory")
         return manifests[-1]
     if not path.is_file():
         raise VerifyError(f"{path}: no such file or directory")
+    if path.is_symlink():
+        raise VerifyError(f"{path}: a manifest that is a symbolic link is never followed")
     return path
 
 
@@ -191,6 +193,8 @@ def _check_file(
     file = directory / name
     if not name or Path(name).name != name or not file.is_file():
         return [f"file {name!r} is missing"], None
+    if file.is_symlink():
+        return [f"{name} is a symbolic link, which is never followed"], None
     problems = []
     size = file.stat().st_size
     if size != entry.get("bytes"):

@@ -317,6 +317,17 @@ class RunStates:
             return None
         return _status({k.decode(): v.decode() for k, v in raw.items()})
 
+    def live_runs(self, database: Mapping[str, Any], scan: int = 200) -> list[str]:
+        """The queued or running runs of `database` among the newest `scan` runs, judged."""
+        run_ids = [r.decode() for r in self.client.zrevrange(INDEX, 0, scan - 1)]
+        with self.client.pipeline() as pipe:
+            for run_id in run_ids:
+                pipe.hmget(self._keys(run_id)[0], "state", "lock")
+            fields = pipe.execute()
+        name = lock_name(database).encode()
+        candidates = [r for r, (state, lock) in zip(run_ids, fields, strict=True) if lock == name and state]
+        return [r for r in candidates if (self.status(r) or {}).get("state") in LIVE]
+
     def recent(self, limit: int = 20) -> list[RunStatus]:
         """The newest runs first."""
         run_ids = [r.decode() for r in self.client.zrevrange(INDEX, 0, max(0, limit - 1))]

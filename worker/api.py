@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import re
+import threading
 import time
 
 import redis
@@ -27,11 +28,13 @@ from common.exceptions import ConfigurationError, DatabaseUnavailableError, RunN
 from common.run_state import STOPPED
 from tasks.pipeline import (
     cancel_run,
+    claim_key,
     enqueue_vector_management,
     run_record,
     run_result,
     run_status,
 )
+from tasks.run_guard import redis_client, run_states
 from worker.api_params import ForbiddenDatabase, InvalidParams, check_db_connection, parse_backup_body
 from worker.api_views import failure, job_status, run_data, run_view, stopped_error
 from worker.openapi import PREFIX, openapi_spec
@@ -61,6 +64,8 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     settings = settings or load_settings()
     api = api or load_api_settings()
     web = Flask(__name__)
+    waiting = threading.BoundedSemaphore(api.max_waiting) if api.max_waiting else threading.Semaphore(0)
+    broker = redis_client(settings.runs.redis_url)
     web.config["MAX_CONTENT_LENGTH"] = api.max_body_bytes
     web.json.sort_keys = False
     web.json.ensure_ascii = False
@@ -98,9 +103,9 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     @web.after_request
     def access_log(response: Response) -> Response:
         took = time.monotonic() - request.environ.get("vector.started", time.monotonic())
-        log.info(
-            "%s %s -> %s in %.0f ms", request.method, request.path[:200], response.status_code, took * 1000
-        )
+        # `%0a` in a path must not forge a line: control characters are escaped.
+        path = request.path[:200].encode("unicode_escape").decode("ascii")
+        log.info("%s %s -> %s in %.0f ms", request.method, path, response.status_code, took * 1000)
         return response
 
     @web.errorhandler(HTTPException)
@@ -162,6 +167,9 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
                     f"the database {target.describe()} cannot be reached now"
                 )
             )
+        crowded = too_many_runs(params.task_id, params.truncate, target)
+        if crowded is not None:
+            return crowded
         answer = enqueue_vector_management(
             params.task_id,
             backup=True,
@@ -171,15 +179,39 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
         )
         job_id = answer["run_id"]
         final = run_result(run_record(job_id, settings))
-        deadline = time.monotonic() + (api.wait_s if params.wait else 0)
-        while not final.ready() and time.monotonic() < deadline:
-            status = run_status(job_id, settings)
-            if status is not None and status["state"] in STOPPED:
-                return stopped(job_id, status)
-            time.sleep(0.2)
+        # A waiting request holds a server thread: past the limit, the answer is 202 at once.
+        if params.wait and waiting.acquire(blocking=False):
+            try:
+                deadline = time.monotonic() + api.wait_s
+                while not final.ready() and time.monotonic() < deadline:
+                    status = run_status(job_id, settings)
+                    if status is not None and status["state"] in STOPPED:
+                        return stopped(job_id, status)
+                    time.sleep(0.2)
+            finally:
+                waiting.release()
         if not final.ready():
             return accepted(job_id, answer["message"])
         return finished(job_id, final)
+
+    def too_many_runs(task_id: str | None, truncate: bool, target) -> Response | None:
+        """429 when this request would start a new run while `VECTOR_API_MAX_RUNS` runs of
+        its database are queued or running (a request a live run answers passes)."""
+        if task_id is not None and broker.exists(claim_key(task_id, truncate, target.identity)):
+            return None
+        live = run_states(settings).live_runs(target.identity)
+        if len(live) < api.max_runs:
+            return None
+        body = envelope.error_response(
+            429,
+            "too many runs",
+            f"{len(live)} runs of {target.describe()} are queued or running (VECTOR_API_MAX_RUNS); "
+            f"try again when run {live[0]} has ended",
+            "TOO_MANY_RUNS",
+            job_id=live[0],
+            can_retry=True,
+        )
+        return reply(body, {"Retry-After": "30"})
 
     def stopped(job_id: str, status) -> Response:
         """A run cancelled or abandoned (its workers died) while the request waited."""

@@ -47,7 +47,7 @@ def parse_backup_body(raw: bytes) -> BackupParams:
         return BackupParams()
     try:
         body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise InvalidParams("the body must be a JSON object (UTF-8)") from None
     if not isinstance(body, dict):
         raise InvalidParams("the body must be a JSON object")

@@ -83,6 +83,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         409: "the run has already ended (or is truncating): nothing to cancel",
         413: "body too large",
         415: "a body that is not sent as application/json",
+        429: "too many runs of that database are queued or running (VECTOR_API_MAX_RUNS); can_retry is true",
         500: "the run failed",
         503: "broker or database unreachable; can_retry is true",
     }
@@ -135,7 +136,7 @@ def openapi_spec() -> dict[str, Any]:
                     "responses": {
                         "200": _json(_envelope(RUN_DATA, True), "the run finished (or nothing was asked)"),
                         "202": _json(_envelope(ACCEPTED_DATA, True), "still running; poll status_url"),
-                        **_errors(400, 401, 403, 404, 413, 415, 500, 503),
+                        **_errors(400, 401, 403, 404, 413, 415, 429, 500, 503),
                     },
                 }
             },
