@@ -251,9 +251,9 @@ def psql_copy_in(dsn: str, schema: dict, csv_file: Path) -> None:
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        create, later, _foreign_keys = create_statements(
-            conn, TABLE, schema, (TABLE, "langchain_pg_collection")
-        )
+        columns = [c["name"] for c in schema["columns"]]
+        tables = (TABLE, "langchain_pg_collection")
+        create, later, _foreign_keys = create_statements(conn, TABLE, schema, columns, tables)
         for statement in [create, *later]:
             cur.execute(statement)
     conn.close()

@@ -11,6 +11,8 @@ import contextlib
 import gzip
 import hashlib
 import io
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -82,6 +84,51 @@ def open_binary(path: Path) -> BinaryIO:
     if compression == "zstd":
         return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
     return raw
+
+
+class HashingReader(io.RawIOBase):
+    """A file read once: every byte read is hashed and counted, so what a reader used is
+    exactly what was checked."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw, self.sha256, self.size = raw, hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._raw.readinto(buffer) or 0
+        self.sha256.update(memoryview(buffer)[:n])
+        self.size += n
+        return n
+
+    def finish(self) -> tuple[str, int]:
+        """Read what is left; the sha256 and size of the whole file."""
+        while self.read(1 << 20):
+            pass
+        return self.sha256.hexdigest(), self.size
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def open_checked(path: Path) -> tuple[BinaryIO, HashingReader]:
+    """The CSV bytes of a backup file as `open_binary` gives them, read through a
+    `HashingReader` of the file itself. A symbolic link or anything but a regular file is
+    refused (`OSError`): the bytes used are those hashed, however the directory changes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path.name} is not a regular file")
+    hashed = HashingReader(os.fdopen(fd, "rb", buffering=0))
+    buffered = io.BufferedReader(hashed, 1 << 20)
+    compression = of_file(path.name)
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=buffered, mode="rb"), hashed
+    if compression == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(buffered, closefd=False), hashed
+    return buffered, hashed
 
 
 def open_text(path: Path) -> io.TextIOBase:

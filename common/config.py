@@ -19,6 +19,8 @@ from common.exceptions import ConfigurationError
 
 COLLECTION_TABLE = "langchain_pg_collection"
 EMBEDDING_TABLE = "langchain_pg_embedding"
+# .env.example's secrets start with this; a placeholder is no secret.
+PLACEHOLDER = "change-me"
 TASK_ID_PATTERN = re.compile(r"[a-zA-Z0-9_]+")  # matched whole (fullmatch): no trailing newline
 
 
@@ -114,6 +116,10 @@ class Settings:
     def __post_init__(self) -> None:
         if self.signing_key is not None and len(self.signing_key) < 16:
             raise ConfigurationError("VECTOR_SIGNING_KEY must be at least 16 characters")
+        if self.signing_key is not None and self.signing_key.startswith(PLACEHOLDER):
+            raise ConfigurationError(
+                "VECTOR_SIGNING_KEY is still .env.example's placeholder: set a secret one"
+            )
 
     def backup_directory(self, task_id: str | None = None) -> Path:
         """`<root>/<task_id>/vector_bak`, or `<root>/vector_bak` without a task id."""
@@ -229,6 +235,9 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
     wait_s = float(_number(env, "VECTOR_API_WAIT", ApiSettings.wait_s, float))
     if wait_s < 0:
         raise ConfigurationError("VECTOR_API_WAIT must be zero or a positive number of seconds")
+    token = env.get("API_TOKEN") or None
+    if token is not None and token.startswith(PLACEHOLDER):
+        raise ConfigurationError("API_TOKEN is still .env.example's placeholder: set a secret one")
     max_waiting = int(_number(env, "VECTOR_API_MAX_WAITING", ApiSettings.max_waiting))
     max_runs = int(_number(env, "VECTOR_API_MAX_RUNS", ApiSettings.max_runs))
     if max_waiting < 0 or max_runs < 1:
@@ -236,7 +245,7 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
     return ApiSettings(
         wait_s=wait_s,
         allowed_db_hosts=hosts,
-        token=env.get("API_TOKEN") or None,
+        token=token,
         max_waiting=max_waiting,
         max_runs=max_runs,
     )

@@ -84,7 +84,10 @@ class DatabaseTarget:
 def connect(target: DatabaseTarget, *, autocommit: bool = True) -> Connection:
     """Open a connection or raise `DatabaseUnavailableError` naming the database, not the password."""
     try:
-        conn = psycopg2.connect(target.dsn(), application_name=target.application_name, connect_timeout=10)
+        timeout = dict(target.options).get("connect_timeout", 10)
+        conn = psycopg2.connect(
+            target.dsn(), application_name=target.application_name, connect_timeout=timeout
+        )
     except psycopg2.Error as exc:
         reason = target.redact(first_line(exc))
         raise DatabaseUnavailableError(f"cannot connect to {target.describe()}: {reason}") from None

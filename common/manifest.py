@@ -105,7 +105,11 @@ def check_signature(name: str, manifest: dict[str, Any], key: str | None) -> Non
         or not isinstance(given.get("value"), str)
     ):
         raise VerifyError(f"{name}: the manifest is not signed, and VECTOR_SIGNING_KEY is set; refused")
-    if not hmac.compare_digest(given["value"], signature(manifest, key)):
+    try:
+        expected = signature(manifest, key)
+    except UnicodeEncodeError:
+        raise VerifyError(f"{name}: the manifest holds text that cannot be signed; refused") from None
+    if not hmac.compare_digest(given["value"], expected):
         raise VerifyError(
             f"{name}: the manifest's signature does not match VECTOR_SIGNING_KEY "
             "(changed since it was written, or signed with another key); refused"
@@ -129,14 +133,21 @@ def find_manifest(path: Path) -> Path:
 def load_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VerifyError(f"{path.name}: unreadable manifest: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, JSON, huge numbers
+        raise VerifyError(f"{path.name}: unreadable manifest: {type(exc).__name__}") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") not in READABLE_VERSIONS:
         raise VerifyError(f"{path.name}: not a format {FORMAT_VERSION} manifest")
     if not isinstance(manifest.get("tables"), dict) or not manifest["tables"]:
         raise VerifyError(f"{path.name}: the manifest lists no tables")
     for table, entry in manifest["tables"].items():
-        columns = entry.get("columns") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or not all(
+            isinstance(entry.get(k), kind)
+            for k, kind in (("file", str), ("rows", int), ("bytes", int), ("sha256", str))
+        ):
+            raise VerifyError(
+                f"{path.name}: {str(table)[:100]}: file, rows, bytes or sha256 missing or malformed"
+            )
+        columns = entry.get("columns")
         if not isinstance(columns, list) or not all(
             isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c) for c in columns
         ):

@@ -10,7 +10,7 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
-from common.compression import open_binary
+from common.compression import open_checked
 from common.config import Settings, load_settings
 from common.db import first_line, rollback_quietly, table_identifier
 from common.exceptions import RestoreError, VerifyError
@@ -72,14 +72,17 @@ def restore_set(
             for current, entry in tables.items():
                 cur.execute("SELECT to_regclass(%s)", (table_identifier(current).as_string(conn),))
                 if cur.fetchone()[0] is None:
-                    if "schema" not in entry:
+                    if manifest["format_version"] < 2 or "schema" not in entry:
                         raise RestoreError(
                             f"{current}: missing, and this format {manifest['format_version']} manifest "
                             "describes it only as SQL text, which restore never runs; create the table, "
                             "then restore into it"
                         )
                     try:
-                        create, later, foreign = create_statements(conn, current, entry["schema"], configured)
+                        columns = [c[0] for c in entry["columns"]]
+                        create, later, foreign = create_statements(
+                            conn, current, entry["schema"], columns, configured
+                        )
                     except VerifyError as exc:
                         raise RestoreError(f"{exc}; nothing was restored") from None
                     cur.execute(create)
@@ -93,8 +96,19 @@ def restore_set(
             for current, entry in tables.items():
                 columns = sql.SQL(", ").join(sql.Identifier(c[0]) for c in entry["columns"])
                 copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER, ENCODING 'UTF8')")
-                with open_binary(manifest_path.parent / entry["file"]) as data:
+                # The file is read once, hashed as COPY reads it: a file swapped after the
+                # verification above is caught here, before anything commits.
+                data, hashed = open_checked(manifest_path.parent / entry["file"])
+                try:
                     cur.copy_expert(copy.format(table_identifier(current), columns), data, size=COPY_CHUNK)
+                    digest, size = hashed.finish()
+                finally:
+                    data.close()
+                    hashed.close()
+                if (digest, size) != (entry["sha256"], entry["bytes"]):
+                    raise RestoreError(
+                        f"{current}: {entry['file']} changed after it was verified; nothing was restored"
+                    )
                 if cur.rowcount != entry["rows"]:
                     raise RestoreError(
                         f"{current}: restored {cur.rowcount} rows, the manifest says {entry['rows']}"

@@ -44,30 +44,35 @@ def sets_to_remove(
     policy: RetentionPolicy,
     in_use: Callable[[str], bool],
     now: float | None = None,
+    signing_key: str | None = None,
 ) -> list[SetOnDisk]:
     now = time.time() if now is None else now
     sets = sets_in(directory)
     keep = {s.timestamp for s in sets[: policy.keep]} if policy.keep > 0 else set()
     if policy.max_age_days > 0:
         keep |= {s.timestamp for s in sets if now - s.created < policy.max_age_days * 86400}
-    newest_good = next((s for s in sets if _verifies(s.manifest)), None)
+    newest_good = next((s for s in sets if _verifies(s.manifest, signing_key)), None)
     if newest_good is not None:
         keep.add(newest_good.timestamp)
     return [s for s in sets if s.timestamp not in keep and not in_use(s.timestamp)]
 
 
 def apply_retention(
-    directory: Path, policy: RetentionPolicy, in_use: Callable[[str], bool], temp_suffix: str = ".tmp"
+    directory: Path,
+    policy: RetentionPolicy,
+    in_use: Callable[[str], bool],
+    temp_suffix: str = ".tmp",
+    signing_key: str | None = None,
 ) -> list[str]:
     """Remove the sets the policy lets go; returns their timestamps, each one logged.
 
     The log goes to the worker's logger, not the set log, whose blocks a run in progress
     may still be finishing."""
     removed = []
-    for old in sets_to_remove(directory, policy, in_use):
+    for old in sets_to_remove(directory, policy, in_use, signing_key=signing_key):
         if any(directory.glob(f"*_{old.timestamp}.*{temp_suffix}")):
             continue  # something is being written for this set right now
-        files = _files_of(old.manifest)
+        files = _files_of(old.manifest, old.timestamp)
         old.manifest.unlink()
         for name in files:
             (directory / name).unlink(missing_ok=True)
@@ -76,21 +81,20 @@ def apply_retention(
     return removed
 
 
-def _files_of(manifest: Path) -> list[str]:
+def _files_of(manifest: Path, timestamp: str) -> list[str]:
+    """The files a set's manifest lists that bear the set's own timestamp: a manifest
+    rewritten to list another set's files gets none of them removed."""
     try:
         tables = load_manifest(manifest)["tables"]
     except VerifyError:
         return []
-    return [
-        str(e.get("file"))
-        for e in tables.values()
-        if e.get("file") and Path(str(e["file"])).name == e["file"]
-    ]
+    names = [str(e.get("file")) for e in tables.values()]
+    return [n for n in names if Path(n).name == n and n.split(".", 1)[0].endswith(f"_{timestamp}")]
 
 
-def _verifies(manifest: Path) -> bool:
+def _verifies(manifest: Path, signing_key: str | None) -> bool:
     try:
-        verify_set(manifest, deep=False)
+        verify_set(manifest, deep=False, signing_key=signing_key)
     except VerifyError:
         return False
     return True

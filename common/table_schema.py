@@ -20,18 +20,24 @@ from psycopg2.extensions import connection as Connection
 from common.db import table_identifier
 from common.exceptions import VerifyError
 
-# One word (maybe schema-qualified), or one of the few types SQL spells in several words;
-# then a type modifier and an array mark, both optional.
-SPELLED_OUT = "character varying|double precision|bit varying|(?:timestamp|time) with(?:out)? time zone"
-TYPE = re.compile(
-    rf"^(?:(?:[a-z_][a-z0-9_]{{0,62}}\.)?[a-z_][a-z0-9_]{{0,62}}|{SPELLED_OUT})"
-    r"(?:\(\d{1,5}(?:,\s?\d{1,5})?\))?(?:\[\])?$"
+# What `format_type` writes: a name (maybe quoted, maybe schema-qualified) or one of the
+# types SQL spells in several words; then a type modifier and array marks, both optional.
+# Matched whole, ASCII only. A quoted name cannot close its quotes: `"` is not allowed in it.
+_NAME = r'(?:[a-z_][a-z0-9_$]{0,62}|"[^"\x00]{1,63}")'
+_MODIFIER = r"(?:\(\d{1,9}(?:, ?\d{1,9})?\))"
+_FIELDS = r"(?: (?:year|month|day|hour|minute|second)(?: to (?:month|hour|minute|second))?)"
+_SPELLED_OUT = (
+    rf"(?:character varying|double precision|bit varying"
+    rf"|(?:timestamp|time){_MODIFIER}? with(?:out)? time zone|interval{_FIELDS}?)"
 )
-WORD = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-OPTION_VALUE = re.compile(r"^[A-Za-z0-9_.]{1,32}$")
+TYPE = re.compile(rf"(?:(?:{_NAME}\.)?{_NAME}|{_SPELLED_OUT}){_MODIFIER}?(?:\[\])*", re.ASCII)
+WORD = re.compile(r"[a-z_][a-z0-9_]{0,62}", re.ASCII)
+OPTION_VALUE = re.compile(r"[A-Za-z0-9_.]{1,32}", re.ASCII)
 INDEX_METHODS = ("btree", "hash", "gin", "gist", "brin", "hnsw", "ivfflat")
 ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
-KEYS = {"columns", "primary_key", "unique", "foreign_keys", "indexes"}
+# Composed from these constants only, never from the manifest's text.
+ACTION_SQL = {word: sql.SQL(word) for word in ACTIONS.values()}
+KEYS = {"columns", "primary_key", "unique", "foreign_keys", "indexes", "unsupported"}
 
 
 def read_schema(conn: Connection, table: str) -> dict[str, Any]:
@@ -48,6 +54,7 @@ def read_schema(conn: Connection, table: str) -> dict[str, Any]:
         columns = [{"name": n, "type": t, "not_null": nn} for n, t, nn in cur.fetchall()]
         if not columns:
             return {}
+        odd_types = [c for c in columns if not TYPE.fullmatch(c["type"])]
         cur.execute(
             "SELECT conname, contype, confrelid::regclass::text, confdeltype, confupdtype, "
             "ARRAY(SELECT attname FROM unnest(conkey) WITH ORDINALITY k(n, i) "
@@ -74,6 +81,9 @@ def read_schema(conn: Connection, table: str) -> dict[str, Any]:
         )
         indexes = cur.fetchall()
     schema: dict[str, Any] = {"columns": columns, "primary_key": None, "unique": [], "foreign_keys": []}
+    if odd_types:
+        # Backed up and verified as usual; restore will not create such a table itself.
+        schema["unsupported"] = f"column {odd_types[0]['name']!r} has type {odd_types[0]['type']!r}"
     for conname, kind, referenced, on_delete, on_update, keys, ref_keys in constraints:
         if kind == "p":
             schema["primary_key"] = {"name": conname, "columns": list(keys)}
@@ -112,14 +122,25 @@ def check_schema(table: str, schema: Any, columns: list[str]) -> None:
     def refuse(what: str) -> VerifyError:
         return VerifyError(f"{table}: the manifest's table description is not allowed: {what}")
 
+    try:
+        _check_schema(schema, columns, refuse)
+    except (TypeError, AttributeError, KeyError, ValueError):
+        raise refuse("it is malformed") from None
+
+
+def _check_schema(schema: Any, columns: list[str], refuse) -> None:
     if not isinstance(schema, dict) or not KEYS.issuperset(schema) or "columns" not in schema:
         raise refuse("not a description of columns, keys and indexes")
     described = schema["columns"]
     if not isinstance(described, list) or [_text(c, "name") for c in described] != columns:
         raise refuse("its columns are not the file's columns")
+    if "unsupported" in schema:
+        if not isinstance(schema["unsupported"], str):
+            raise refuse("its reason for being unsupported is not text")
+        return  # restore will not create it, so nothing else in it is ever used
     for column in described:
-        if not TYPE.match(_text(column, "type")) or not isinstance(column.get("not_null"), bool):
-            raise refuse(f"column {column.get('name')!r} has type {str(column.get('type'))[:80]!r}")
+        if not TYPE.fullmatch(_text(column, "type")) or not isinstance(column.get("not_null"), bool):
+            raise refuse(f"column {column['name']!r} has type {str(column.get('type'))[:80]!r}")
     keys = [schema["primary_key"]] if schema.get("primary_key") else []
     keys += _list(schema.get("unique"), refuse) + _list(schema.get("foreign_keys"), refuse)
     for key in keys:
@@ -131,7 +152,7 @@ def check_schema(table: str, schema: Any, columns: list[str]) -> None:
             raise refuse(f"foreign key {key.get('name')!r} references no columns")
         if not _is_name(key.get("references")):
             raise refuse(f"foreign key {key.get('name')!r} references no table")
-        if {key.get("on_delete"), key.get("on_update")} - set(ACTIONS.values()):
+        if key.get("on_delete") not in ACTION_SQL or key.get("on_update") not in ACTION_SQL:
             raise refuse(f"foreign key {key.get('name')!r} has an unknown action")
     for index in _list(schema.get("indexes"), refuse):
         _name(index, refuse)
@@ -142,23 +163,37 @@ def check_schema(table: str, schema: Any, columns: list[str]) -> None:
         parts = _list(index.get("columns"), refuse)
         if not parts or any(not isinstance(p, dict) or p.get("name") not in columns for p in parts):
             raise refuse(f"index {index.get('name')!r} names a column the table does not have")
-        if any(not WORD.match(_text(p, "opclass")) for p in parts):
+        if any(not WORD.fullmatch(_text(p, "opclass")) for p in parts):
             raise refuse(f"index {index.get('name')!r} has an operator class that is not a plain name")
         options = index.get("options")
         if not isinstance(options, dict) or not all(
-            WORD.match(str(k)) and OPTION_VALUE.match(str(v)) for k, v in options.items()
+            WORD.fullmatch(str(k)) and OPTION_VALUE.fullmatch(str(v)) for k, v in options.items()
         ):
             raise refuse(f"index {index.get('name')!r} has options that are not plain words or numbers")
 
 
 def create_statements(
-    conn: Connection, table: str, schema: dict[str, Any], tables: tuple[str, ...]
+    conn: Connection, table: str, schema: dict[str, Any], columns: list[str], tables: tuple[str, ...]
 ) -> tuple[sql.Composed, list[sql.Composed], list[sql.Composed]]:
     """CREATE TABLE for `table`, the keys and indexes to build after its rows are in, and
     its foreign keys (to add once every table's keys are built). `schema` must have passed
     `check_schema`; here the server checks that each type and operator class exists, and
     foreign keys may only reference `tables`. Raises `VerifyError` before anything is
     created."""
+    check_schema(table, schema, columns)  # again: nothing unchecked is ever composed
+    if "unsupported" in schema:
+        raise VerifyError(
+            f"{table}: {schema['unsupported']}, which restore cannot recreate; create the table "
+            "yourself, then restore into it"
+        )
+    references = {}
+    for key in schema.get("foreign_keys") or []:
+        references[key["name"]] = _configured(key["references"], tables)
+        if references[key["name"]] is None:
+            raise VerifyError(
+                f"{table}: foreign key {key['name']!r} references {key['references']!r}, "
+                "which is not one of VECTOR_SUPPORTED_TABLES"
+            )
     ident = table_identifier(table)
     with conn.cursor() as cur:
         for column in schema["columns"]:
@@ -182,19 +217,13 @@ def create_statements(
                         f"{table}: index {index['name']!r}: no operator class {part['opclass']!r} "
                         f"for {index['method']}"
                     )
-    for key in schema.get("foreign_keys") or []:
-        if key["references"] not in tables:
-            raise VerifyError(
-                f"{table}: foreign key {key['name']!r} references {key['references']!r}, "
-                "which is not one of VECTOR_SUPPORTED_TABLES"
-            )
-    columns = sql.SQL(", ").join(
+    column_sql = sql.SQL(", ").join(
         sql.SQL("{} {}{}").format(
             sql.Identifier(c["name"]), sql.SQL(c["type"]), sql.SQL(" NOT NULL" if c["not_null"] else "")
         )
         for c in schema["columns"]
     )
-    create = sql.SQL("CREATE TABLE {} ({})").format(ident, columns)
+    create = sql.SQL("CREATE TABLE {} ({})").format(ident, column_sql)
     later = []
     keys = [("PRIMARY KEY", schema["primary_key"])] if schema.get("primary_key") else []
     keys += [("UNIQUE", key) for key in schema.get("unique") or []]
@@ -210,7 +239,8 @@ def create_statements(
             for p in index["columns"]
         )
         options = sql.SQL(", ").join(
-            sql.SQL("{} = {}").format(sql.SQL(k), sql.Literal(str(v))) for k, v in index["options"].items()
+            sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(str(v)))
+            for k, v in index["options"].items()
         )
         later.append(
             sql.SQL("CREATE {}INDEX {} ON {} USING {} ({}){}").format(
@@ -232,13 +262,19 @@ def create_statements(
                 ident,
                 sql.Identifier(key["name"]),
                 _names(key["columns"]),
-                table_identifier(key["references"]),
+                table_identifier(references[key["name"]]),
                 _names(key["ref_columns"]),
-                sql.SQL(key["on_delete"]),
-                sql.SQL(key["on_update"]),
+                ACTION_SQL[key["on_delete"]],
+                ACTION_SQL[key["on_update"]],
             )
         )
     return create, later, foreign
+
+
+def _configured(reference: str, tables: tuple[str, ...]) -> str | None:
+    """The configured table a foreign key's target (the catalog's `regclass` text) is."""
+    bare = reference.rsplit(".", 1)[-1].strip('"')
+    return next((t for t in tables if reference == t or bare == t.rsplit(".", 1)[-1]), None)
 
 
 def _names(names: list[str]) -> sql.Composed:

@@ -25,5 +25,6 @@ def apply_backup_retention() -> dict:
         RetentionPolicy(keep=schedules.keep, max_age_days=schedules.max_age_days),
         in_use=lambda stamp: bool(client.exists(stamp_key(directory, stamp))),
         temp_suffix=settings.vector.backup_temp_suffix,
+        signing_key=settings.signing_key,
     )
     return {"directory": str(directory), "removed": removed}

@@ -110,6 +110,7 @@ def test_past_the_limit_of_live_runs_a_new_run_is_429_naming_one(services, datab
     "method, path, body, status",
     [
         ("POST", BACKUP, "[" * 10_000, 400),
+        ("POST", BACKUP, '{"task_id": ' + "9" * 5000 + "}", 400),
         ("POST", BACKUP, json.dumps({"task_id": "t1\n"}), 400),
         ("GET", f"{SETS}/{'x' * 6000}~20250101_000000", None, 404),
         ("GET", f"{SETS}/~{'9' * 6000}", None, 404),

@@ -88,3 +88,27 @@ def test_a_cross_site_simple_post_is_415_and_sends_nothing(services, task_id):
     assert form.status_code == 415
     assert len(broker.keys("vector:run:*")) == before
     assert os.environ.get("API_TOKEN") is None
+
+
+def test_without_a_token_only_loopback_names_are_served(services):
+    client = create_app().test_client()
+    try:
+        rebound = client.get("/api/v0/data_pipeline/vector/backups", headers={"Host": "evil.example:8084"})
+        local = client.get("/api/v0/data_pipeline/vector/backups", headers={"Host": "127.0.0.1:8084"})
+    finally:
+        release_pending_results()
+    assert rebound.status_code == 403 and "only to localhost" in rebound.get_json()["data"]["response"]
+    assert local.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("API_TOKEN", "change-me-to-a-long-random-token"),
+        ("VECTOR_SIGNING_KEY", "change-me-to-32-random-characters"),
+    ],
+)
+def test_the_placeholder_secrets_of_env_example_are_refused(services, name, value):
+    server = api_process("--port", str(free_port()), **{name: value})
+    out = server.communicate(timeout=30)[0]
+    assert server.returncode != 0 and f"{name} is still .env.example's placeholder" in out

@@ -42,6 +42,7 @@ def ask(hosts: str, url: str):
         ALLOWED + "?sslrootcert=/etc/passwd",
         ALLOWED + "?sslmode=bogus",
         ALLOWED + "?connect_timeout=0",
+        ALLOWED + "?connect_timeout=%C2%B2",  # a digit to str.isdigit, not to int()
         ALLOWED + "?sslmode=require&sslmode=disable",
         ALLOWED + "?host=127.0.0.2",
         ALLOWED + "#fragment",
@@ -49,6 +50,7 @@ def ask(hosts: str, url: str):
         f"postgresql://u:{FAKE_PASSWORD}@127.0.0.1:5432,127.0.0.2:5432/db",
         f"postgresql://u:{FAKE_PASSWORD}@127.0.0.1:99999/db",
         "postgresql://127.0.0.1:5432/db",
+        "postgresql://u@127.0.0.1:5432/db",  # no password: libpq would look in ~/.pgpass
         f"postgresql://u:{FAKE_PASSWORD}@127.0.0.1:5432/",
         f"mysql://u:{FAKE_PASSWORD}@127.0.0.1/db",
     ],

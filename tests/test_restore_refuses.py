@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -164,3 +165,48 @@ def test_an_old_manifest_s_sql_is_never_run_yet_it_restores_into_existing_tables
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert count_rows(store.conn, EMBEDDING) == 300
     assert "pwned" not in tables_in(store.conn)
+
+
+def test_an_old_manifest_carrying_a_description_never_has_it_used(backup_set, empty_database):
+    url, target = empty_database
+
+    def old_with_sql_in_an_action(data):
+        data["format_version"] = 1
+        key = data["tables"][EMBEDDING]["schema"]["foreign_keys"][0]
+        key["on_delete"] = "CASCADE; CREATE TABLE pwned (x int); --"
+
+    edit(backup_set, old_with_sql_in_an_action)
+
+    restored = worker_cli("restore", str(backup_set), "--db-connection", url)
+
+    assert restored.returncode == 1 and "restore never runs" in restored.stdout
+    assert tables_in(target) == []
+
+
+def test_sql_in_a_foreign_key_action_is_refused_by_verify(backup_set):
+    def inject(data):
+        key = data["tables"][EMBEDDING]["schema"]["foreign_keys"][0]
+        key["on_delete"] = "CASCADE; CREATE TABLE pwned (x int); --"
+
+    edit(backup_set, inject)
+
+    checked = worker_cli("verify", str(backup_set))
+    assert checked.returncode == 1 and "has an unknown action" in checked.stdout
+
+
+def test_retention_never_removes_files_a_forged_old_manifest_names(backup_set):
+    from common.retention import RetentionPolicy, apply_retention
+
+    directory = backup_set.parent
+    real = json.loads(backup_set.read_text())
+    forged = dict(real, timestamp="20000101_000000")
+    planted = directory / "manifest_20000101_000000.json"
+    planted.write_text(json.dumps(forged))
+    os.utime(planted, (946684800, 946684800))  # an old set, as far as its file says
+    before = sorted(p.name for p in directory.iterdir())
+
+    removed = apply_retention(directory, RetentionPolicy(keep=1), in_use=lambda stamp: False)
+
+    assert removed == ["20000101_000000"]
+    after = sorted(p.name for p in directory.iterdir())
+    assert after == [n for n in before if n != "manifest_20000101_000000.json"]

@@ -44,6 +44,9 @@ BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError, OperationalError)
 log = logging.getLogger("worker.api")
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -60,7 +63,9 @@ def reply(body: dict, headers: dict | None = None) -> Response:
     return response
 
 
-def create_app(settings: Settings | None = None, api: ApiSettings | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None, api: ApiSettings | None = None, any_host: bool = False
+) -> Flask:
     settings = settings or load_settings()
     api = api or load_api_settings()
     web = Flask(__name__)
@@ -69,6 +74,13 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     web.config["MAX_CONTENT_LENGTH"] = api.max_body_bytes
     web.json.sort_keys = False
     web.json.ensure_ascii = False
+
+    @web.before_request
+    def loopback_names_only():
+        # Without a token, a page whose name was rebound to 127.0.0.1 must not be served.
+        if api.token is None and not any_host and request.host.rsplit(":", 1)[0] not in LOOPBACK_NAMES:
+            return reply(envelope.forbidden_response("without API_TOKEN, the API answers only to localhost"))
+        return None
 
     @web.before_request
     def require_token():
@@ -92,7 +104,7 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
             text = response.get_data(as_text=True)
             for root in absolute_roots:
                 escaped = json.dumps(root)[1:-1]
-                text = text.replace(escaped + "/", "").replace(escaped, ".")
+                text = text.replace(escaped + "/", "").replace(f'"{escaped}"', '"."')
             response.set_data(text)
         return response
 
@@ -103,9 +115,10 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     @web.after_request
     def access_log(response: Response) -> Response:
         took = time.monotonic() - request.environ.get("vector.started", time.monotonic())
-        # `%0a` in a path must not forge a line: control characters are escaped.
-        path = request.path[:200].encode("unicode_escape").decode("ascii")
-        log.info("%s %s -> %s in %.0f ms", request.method, path, response.status_code, took * 1000)
+        # Control characters (a `%0a` in the path) are escaped by the log's filter.
+        log.info(
+            "%s %s -> %s in %.0f ms", request.method, request.path[:200], response.status_code, took * 1000
+        )
         return response
 
     @web.errorhandler(HTTPException)
@@ -297,7 +310,7 @@ def serve(host: str, port: int, threads: int = 8, insecure_no_auth: bool = False
                 f"refusing to serve the API on {host} without API_TOKEN: anyone who reaches it could "
                 "empty the store; set API_TOKEN, listen on 127.0.0.1, or pass --insecure-no-auth"
             )
-        web = create_app(api=api)
+        web = create_app(api=api, any_host=insecure_no_auth)
     except ConfigurationError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
     waitress_serve(web, host=host, port=port, threads=threads, ident="pgvector-backup")

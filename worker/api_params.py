@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -47,7 +48,7 @@ def parse_backup_body(raw: bytes) -> BackupParams:
         return BackupParams()
     try:
         body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: also a 5,000-digit number
         raise InvalidParams("the body must be a JSON object (UTF-8)") from None
     if not isinstance(body, dict):
         raise InvalidParams("the body must be a JSON object")
@@ -101,8 +102,9 @@ def check_db_connection(url: str, api: ApiSettings) -> tuple[DatabaseTarget, str
         raise InvalidParams(f"db_connection must look like {URL_FORM} (one host, no fragment)")
     user, password = unquote(parts.username or ""), unquote(parts.password or "")
     dbname = unquote(parts.path[1:])
-    if not user or not dbname or "/" in dbname or "\0" in user + password + dbname:
-        raise InvalidParams(f"db_connection must name a user and a database: {URL_FORM}")
+    if not user or not password or not dbname or "/" in dbname or "\0" in user + password + dbname:
+        # Without a password libpq would use the server's own PGPASSWORD or ~/.pgpass.
+        raise InvalidParams(f"db_connection must name a user, a password and a database: {URL_FORM}")
     params = _query(parts.query)
     socket_dir = params.pop("host", None)
     if (socket_dir is None) == (not parts.hostname):
@@ -171,7 +173,7 @@ def _query(query: str) -> dict[str, str]:
     if params.get("sslmode", "prefer") not in SSL_MODES:
         raise InvalidParams(f"db_connection: sslmode must be one of {', '.join(SSL_MODES)}")
     timeout = params.get("connect_timeout", "10")
-    if not timeout.isdigit() or not 1 <= int(timeout) <= 60:
+    if not re.fullmatch(r"[0-9]{1,2}", timeout, re.ASCII) or not 1 <= int(timeout) <= 60:
         raise InvalidParams("db_connection: connect_timeout must be 1 to 60 seconds")
     host = params.get("host")
     if host is not None and not host.startswith("/"):

@@ -61,6 +61,25 @@ def _configure_celery_logger(logger, **_):
     configure(logger)
 
 
+class EscapingFilter(logging.Filter):
+    """Control characters from a request (a `%0a` in a path or a database name) are
+    escaped, so no one can forge a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        record.msg, record.args = (
+            CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), message),
+            None,
+        )
+        return True
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def configure_api_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
-    configure(logging.getLogger())
+    root = logging.getLogger()
+    configure(root)
+    for handler in root.handlers:
+        handler.addFilter(EscapingFilter())

@@ -111,8 +111,9 @@ def openapi_spec() -> dict[str, Any]:
             "task_id": TASK_ID,
             "db_connection": {
                 "type": "string",
-                "pattern": "^postgres(ql)?://[a-z0-9_]+(:[a-z0-9_]+)?@[a-z0-9.]+(:[0-9]{1,4})?/[a-z0-9_]+$",
-                "description": "a postgresql:// URL; its host must be on VECTOR_API_DB_HOSTS",
+                "pattern": "^postgres(ql)?://[a-z0-9_]+:[a-z0-9_]+@[a-z0-9.]+(:[0-9]{1,4})?/[a-z0-9_]+$",
+                "description": "postgresql://user:password@host:port/dbname (at most sslmode and "
+                "connect_timeout beside); its host must be on VECTOR_API_DB_HOSTS",
             },
             "truncate_vector_tables": {"type": "boolean", "default": False},
             "backup_vector_tables": {"type": "boolean", "default": True},
