@@ -1,5 +1,5 @@
 """Celery settings for the worker, beat, Flower and every client. Values come from the
-environment (see README, "Configuration")."""
+environment (see docs/configuration.md)."""
 
 import os
 

@@ -16,7 +16,7 @@ Every figure is a ratio to `psql \\copy` measured in the same run on the same ta
 - memory: peak RSS of one table backup at 10k and at 1M rows;
 - chain overhead: a run on empty tables.
 
-Results go to `bench/RESULTS.md` (the README quotes it).
+Results go to `bench/RESULTS.md` (docs/performance.md quotes it).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Engine for backing up, emptying and (later) restoring a LangChain PGVector store.
+"""Engine for backing up, emptying and restoring a LangChain PGVector store.
 
 Nothing in this package imports Celery: every function here runs against a bare
 PostgreSQL connection and a directory, so it can be tested and reused directly.

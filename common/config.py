@@ -1,6 +1,6 @@
 """Settings from environment variables, parsed by small typed readers.
 
-Every variable is documented in the README. `load_settings()` reads the environment
+Every variable is documented in docs/configuration.md. `load_settings()` reads the environment
 each time it is called, so a worker picks up the process environment it was started
 with and tests can point it at their own servers.
 """

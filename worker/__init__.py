@@ -1,4 +1,4 @@
-"""Processes we run: the Celery app (`worker.app`), the demo, and (later) the CLI and API."""
+"""Processes we run: the Celery app (`worker.app`), the CLI, the HTTP API and the demo."""
 
 from worker.celery_app import app
 
