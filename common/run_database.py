@@ -11,13 +11,12 @@ import dataclasses
 
 import redis
 
+from common import run_keys
 from common.config import Settings
 from common.db import DatabaseTarget, run_application_name
 from common.exceptions import ConfigurationError
 
-
-def _key(run_id: str) -> str:
-    return f"vector:run-db:{run_id}"
+_key = run_keys.run_database
 
 
 def store_run_database(client: redis.Redis, run_id: str, url: str, ttl_s: float) -> DatabaseTarget:

@@ -16,9 +16,9 @@ from typing import Any
 import redis
 from redis.exceptions import LockError
 
+from common import run_keys
 
-def lock_name(database: Mapping[str, Any]) -> str:
-    return "vector:run-lock:{host}:{port}/{dbname}".format(**database)
+lock_name = run_keys.run_lock
 
 
 class RunLock:

@@ -22,6 +22,7 @@ from typing import Any, TypedDict
 
 import redis
 
+from common import run_keys
 from common.config import RunControl
 from common.run_lock import lock_name
 
@@ -31,7 +32,7 @@ LIVE = (QUEUED, RUNNING)
 ENDED = (SUCCEEDED, FAILED, CANCELLED, ABANDONED)
 # A run's task ends at once in these: it must neither copy, truncate nor keep files.
 STOPPED = (CANCELLED, ABANDONED)
-INDEX = "vector:runs"
+INDEX = run_keys.RUNS_INDEX
 # A Redis restart must not fail a run's task for want of its record: calls wait this long.
 REDIS_PATIENCE_S = 60.0
 
@@ -181,7 +182,7 @@ class RunStates:
 
     @staticmethod
     def _keys(run_id: str) -> list[str]:
-        return [f"vector:run-state:{run_id}", f"vector:run-tasks:{run_id}"]
+        return [run_keys.run_state(run_id), run_keys.run_tasks(run_id)]
 
     def _call(
         self, script: str, run_id: str, reason: str = "", *more: Any, patience: float = -1
@@ -190,7 +191,7 @@ class RunStates:
 
         def call() -> Any:
             args = [
-                f"vector:run-beat:{run_id}:",
+                run_keys.run_beat_prefix(run_id),
                 repr(time.time()),
                 reason,
                 "1" if self._may_judge() else "0",

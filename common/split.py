@@ -44,6 +44,7 @@ import redis
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
+from common import run_keys
 from common.atomic import temp_path
 from common.backup import (
     CountingWriter,
@@ -127,7 +128,7 @@ class SplitBoard:
 
     def __init__(self, client: redis.Redis, run_id: str, table: str, who: str) -> None:
         self.client, self.who = client, who
-        self.prefix = f"vector:split:{run_id}:{table}"
+        self.prefix = run_keys.split(run_id, table)
         self._claim = client.register_script(CLAIM)
 
     def key(self, *parts: Any) -> str:

@@ -21,6 +21,7 @@ from typing import Any, NotRequired, TypedDict
 import redis
 from celery.result import AsyncResult
 
+from common import run_keys
 from common.config import Settings, load_settings
 from common.exceptions import ConfigurationError, RunEndedError, RunNotCancellable
 from common.run_database import forget_run_database, store_run_database
@@ -51,14 +52,11 @@ class EnqueueResult(TypedDict):
 def claim_key(task_id: str, truncate: bool, database: dict[str, Any]) -> str:
     """One claim per pipeline task, operation and database: a truncate asked after a
     backup-only run, or a run on another database, is a different request."""
-    mode = "truncate" if truncate else "backup"
-    return "vector:claim:{task_id}:{mode}:{host}:{port}/{dbname}".format(
-        task_id=task_id, mode=mode, **database
-    )
+    return run_keys.claim(task_id, "truncate" if truncate else "backup", database)
 
 
 def run_key(run_id: str) -> str:
-    return f"vector:run:{run_id}"
+    return run_keys.run_record(run_id)
 
 
 def enqueue_vector_management(
@@ -176,7 +174,7 @@ def _claim(
 
 def stamp_key(directory, stamp: str) -> str:
     """Reserved by a run for `VECTOR_CLAIM_TTL`: retention leaves such a set alone."""
-    return f"vector:stamp:{directory}:{stamp}"
+    return run_keys.stamp(directory, stamp)
 
 
 def reserve_timestamp(client, settings: Settings, task_id: str | None, ttl: int) -> datetime:

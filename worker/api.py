@@ -1,7 +1,7 @@
 """The HTTP API: the seeds' backup endpoint and the extensions they list, on Flask.
 
 Routes parse, check, call one function and wrap the answer in the envelope of
-`common/result.py`. A run goes through the pipeline's enqueue-once path and run lock
+`worker/envelope.py`. A run goes through the pipeline's enqueue-once path and run lock
 and executes on the workers, never in the web process.
 """
 
@@ -20,7 +20,6 @@ from flask import Flask, Response, jsonify, request, send_file, url_for
 from kombu.exceptions import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from common import result as envelope
 from common.catalog import find_set, list_sets, set_file
 from common.config import ApiSettings, Settings, load_api_settings, load_settings
 from common.db import connect
@@ -35,6 +34,7 @@ from tasks.pipeline import (
     run_status,
 )
 from tasks.run_guard import redis_client, run_states
+from worker import envelope
 from worker.api_params import ForbiddenDatabase, InvalidParams, check_db_connection, parse_backup_body
 from worker.api_views import failure, job_status, run_data, run_view, stopped_error
 from worker.openapi import PREFIX, openapi_spec

@@ -1,0 +1,55 @@
+"""Every Redis key a run uses, named in one place (as Barman's `lockfile.py` names every
+lock). None holds a secret except `run_database`: a request's `db_connection` URL, kept
+only while its run lasts. docs/architecture.md lists them for operators."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+RUNS_INDEX = "vector:runs"  # recent runs, scored by request time
+
+
+def claim(task_id: str, mode: str, database: Mapping[str, Any]) -> str:
+    """Enqueue once: the run answering a pipeline task's `mode` (backup|truncate) on a database."""
+    return "vector:claim:{task_id}:{mode}:{host}:{port}/{dbname}".format(
+        task_id=task_id, mode=mode, **database
+    )
+
+
+def run_record(run_id: str) -> str:
+    """What was sent for a run: task id, truncate flag, timestamp, the chain's task ids."""
+    return f"vector:run:{run_id}"
+
+
+def run_state(run_id: str) -> str:
+    return f"vector:run-state:{run_id}"
+
+
+def run_tasks(run_id: str) -> str:
+    """Which tasks of the run are running or done."""
+    return f"vector:run-tasks:{run_id}"
+
+
+def run_beat_prefix(run_id: str) -> str:
+    """Followed by a task id: that task's heartbeat, expiring after the liveness window."""
+    return f"vector:run-beat:{run_id}:"
+
+
+def run_lock(database: Mapping[str, Any]) -> str:
+    """One run per database; its value is the run id holding it."""
+    return "vector:run-lock:{host}:{port}/{dbname}".format(**database)
+
+
+def run_database(run_id: str) -> str:
+    return f"vector:run-db:{run_id}"
+
+
+def stamp(directory: object, timestamp: str) -> str:
+    """A set's timestamp in a backup directory, reserved so two runs never share one."""
+    return f"vector:stamp:{directory}:{timestamp}"
+
+
+def split(run_id: str, table: str) -> str:
+    """Prefix of a range-split table's coordination keys (holder, plan, claims, outcomes)."""
+    return f"vector:split:{run_id}:{table}"
