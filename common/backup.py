@@ -31,19 +31,11 @@ from common.db import (
     table_identifier,
 )
 from common.exceptions import BackupError, VectorBackupError
+from common.progress import TableProgress, percent
 from common.sizes import format_size
 from common.table_schema import read_schema
 
 READ_BLOCK = 1 << 20
-
-
-class TableProgress(TypedDict):
-    table: str
-    step: str
-    rows: int
-    total_estimate: int | None
-    bytes: int
-    percent: float | None
 
 
 class TableBackup(TypedDict, total=False):
@@ -210,9 +202,8 @@ def backup_table(
     )
 
     def report(rows: int, written: int, done: bool = False) -> None:
-        total = progress["total_estimate"]
-        percent = 100.0 if done else (min(99.9, 100.0 * rows / total) if total else None)
-        progress.update(rows=rows, bytes=written, percent=percent)
+        share = percent(rows, progress["total_estimate"], done)
+        progress.update(rows=rows, bytes=written, percent=share)
         if on_progress is not None:
             on_progress(dict(progress))
 

@@ -50,7 +50,6 @@ from common.backup import (
     CountingWriter,
     ProgressCallback,
     TableBackup,
-    TableProgress,
     backup_file_name,
     backup_table,
     copy_query,
@@ -69,6 +68,7 @@ from common.db import (
 )
 from common.exceptions import BackupError, VectorBackupError
 from common.periodic import Periodic
+from common.progress import TableProgress, percent
 from common.shared_file import (
     TailHasher,
     append_from,
@@ -489,11 +489,9 @@ class SplitJob:
                 return
             copied = shares["inner"]
             rows, total = progress["rows"] + copied["rows"], progress["total_estimate"]
-            percent = progress["percent"]
-            if total and percent != 100.0:
-                percent = min(99.9, 100.0 * rows / total)
+            share = percent(rows, total, done=progress["percent"] == 100.0)
             written = progress["bytes"] + copied["bytes"]
-            self.on_progress({**progress, "rows": rows, "bytes": written, "percent": percent})
+            self.on_progress({**progress, "rows": rows, "bytes": written, "percent": share})
 
         min_bytes = int(settings.split_min_mb * 2**20)
         direct = settings.compression == "none" and appends_safely(self.directory)

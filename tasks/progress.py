@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.progress import percent
 from worker import app
 
 RUNNING = ("PROGRESS", "RETRY", "STARTED")
@@ -45,5 +46,5 @@ def fold(entries: list[tuple[str, dict]]) -> dict[str, Any]:
         "rows": rows,
         "total_estimate": total,
         "bytes": sum(info["bytes"] for info in copying) + sum(info.get("csv_bytes", 0) for info in done),
-        "percent": min(99.9, round(100.0 * rows / total, 1)) if total else None,
+        "percent": percent(rows, total),
     }
