@@ -162,7 +162,9 @@ def load_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_set(path: Path, deep: bool = True, signing_key: str | None = None) -> dict[str, Any]:
+def verify_set(
+    path: Path, deep: bool = True, signing_key: str | None = None, hash_files: bool = True
+) -> dict[str, Any]:
     """Re-check every file of a set: size, sha256, CSV row count and header, and that
     every collection id the embedding file references is in the collection file.
 
@@ -174,6 +176,8 @@ def verify_set(path: Path, deep: bool = True, signing_key: str | None = None) ->
     to match altered files.
 
     With `signing_key`, the manifest must carry its signature (`check_signature`) first.
+    `hash_files=False` (with `deep=False`) leaves the sha256 to a caller that hashes each
+    file as it reads it anyway (restore), so a file is read once.
     Returns the manifest; raises `VerifyError` listing every problem found.
     """
     manifest_path = find_manifest(path)
@@ -182,7 +186,7 @@ def verify_set(path: Path, deep: bool = True, signing_key: str | None = None) ->
     problems = []
     ids = {}
     for table, entry in manifest["tables"].items():
-        file_problems, ids[table] = _check_file(manifest_path.parent, table, entry, deep)
+        file_problems, ids[table] = _check_file(manifest_path.parent, table, entry, deep or hash_files, deep)
         problems += [f"{table}: {p}" for p in file_problems]
     if not problems:
         missing = missing_collections({t: {"collection_ids": v} for t, v in ids.items() if v is not None})
@@ -197,7 +201,7 @@ def verify_set(path: Path, deep: bool = True, signing_key: str | None = None) ->
 
 
 def _check_file(
-    directory: Path, table: str, entry: dict[str, Any], deep: bool = True
+    directory: Path, table: str, entry: dict[str, Any], hash_file: bool = True, deep: bool = True
 ) -> tuple[list[str], set[str] | None]:
     """The file's problems, and the collection ids it holds or references (None: no such column)."""
     name = str(entry.get("file", ""))
@@ -210,12 +214,13 @@ def _check_file(
     size = file.stat().st_size
     if size != entry.get("bytes"):
         problems.append(f"{name} is {size} bytes, the manifest says {entry.get('bytes')}")
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        while chunk := f.read(READ_CHUNK):
-            digest.update(chunk)
-    if digest.hexdigest() != entry.get("sha256"):
-        problems.append(f"{name} does not match its sha256")
+    if hash_file:
+        digest = hashlib.sha256()
+        with open(file, "rb") as f:
+            while chunk := f.read(READ_CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != entry.get("sha256"):
+            problems.append(f"{name} does not match its sha256")
     columns = [c[0] for c in entry.get("columns", [])]
     if not problems and not deep:
         return (

@@ -48,8 +48,9 @@ def restore_set(
     settings = settings or load_settings()
     configured = settings.vector.supported_tables
     manifest_path = find_manifest(path)
-    # COPY parses the rows; their counts are compared below.
-    manifest = verify_set(manifest_path, deep=False, signing_key=settings.signing_key)
+    # COPY parses the rows and each file is hashed as COPY reads it: counts and sha256
+    # are compared below, before anything commits, so each file is read once.
+    manifest = verify_set(manifest_path, deep=False, signing_key=settings.signing_key, hash_files=False)
     listed = set(manifest["tables"])
     if listed != set(configured):
         extra = sorted(listed - set(configured))
@@ -107,7 +108,8 @@ def restore_set(
                     hashed.close()
                 if (digest, size) != (entry["sha256"], entry["bytes"]):
                     raise RestoreError(
-                        f"{current}: {entry['file']} changed after it was verified; nothing was restored"
+                        f"{current}: {entry['file']} does not match its sha256 (changed or damaged); "
+                        "nothing was restored"
                     )
                 if cur.rowcount != entry["rows"]:
                     raise RestoreError(

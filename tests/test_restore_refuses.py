@@ -210,3 +210,16 @@ def test_retention_never_removes_files_a_forged_old_manifest_names(backup_set):
     assert removed == ["20000101_000000"]
     after = sorted(p.name for p in directory.iterdir())
     assert after == [n for n in before if n != "manifest_20000101_000000.json"]
+
+
+def test_a_same_size_edit_that_still_parses_is_caught_while_loading(backup_set, store):
+    entry = json.loads(backup_set.read_text())["tables"][EMBEDDING]
+    file = backup_set.parent / entry["file"]
+    lines = file.read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b"document", b"dOcUmEnT", 1)  # valid CSV, same size
+    file.write_bytes(b"\n".join(lines))
+
+    restored = worker_cli("restore", str(backup_set))
+
+    assert restored.returncode == 1 and "does not match its sha256" in restored.stdout
+    assert count_rows(store.conn, EMBEDDING) == 0, "the whole restore was rolled back"
