@@ -29,12 +29,13 @@ from common.run_lock import lock_name
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, CANCELLED, ABANDONED = "succeeded", "failed", "cancelled", "abandoned"
 LIVE = (QUEUED, RUNNING)
-ENDED = (SUCCEEDED, FAILED, CANCELLED, ABANDONED)
 # A run's task ends at once in these: it must neither copy, truncate nor keep files.
 STOPPED = (CANCELLED, ABANDONED)
 INDEX = run_keys.RUNS_INDEX
 # A Redis restart must not fail a run's task for want of its record: calls wait this long.
 REDIS_PATIENCE_S = 60.0
+# The scripts that judge a run's liveness (the others never read ARGV[4]).
+JUDGING = ("judge", "begin", "finish", "cancel")
 
 # KEYS[1] state hash, KEYS[2] task hash. ARGV[1] beat key prefix, ARGV[2] now, ARGV[3]
 # reason, ARGV[4] '1' if a run may be judged now, ARGV[5] truncate deadline, ARGV[6] keep
@@ -190,11 +191,14 @@ class RunStates:
         control = self.control
 
         def call() -> Any:
+            # Asking Redis its uptime costs a round trip: a heartbeat, every few seconds
+            # per task, never needs it.
+            may_judge = script in JUDGING and self._may_judge()
             args = [
                 run_keys.run_beat_prefix(run_id),
                 repr(time.time()),
                 reason,
-                "1" if self._may_judge() else "0",
+                "1" if may_judge else "0",
                 control.truncate_deadline_s,
                 control.keep_s,
                 int(control.liveness_window_s),

@@ -26,7 +26,7 @@ from common.config import Settings, load_settings
 from common.exceptions import ConfigurationError, RunEndedError, RunNotCancellable
 from common.run_database import forget_run_database, store_run_database
 from common.run_result import VectorRunResult
-from common.run_state import LIVE, STOPPED, SUCCEEDED, RunStates, RunStatus
+from common.run_state import FAILED, LIVE, STOPPED, SUCCEEDED, RunStates, RunStatus
 from tasks.run_guard import redis_client, run_states
 from tasks.vector_backup import build_vector_workflow, discard_run, table_results
 from worker import app
@@ -146,7 +146,7 @@ def enqueue_vector_management(
     except Exception as exc:
         # A run never sent must not hold its pipeline task's claim: the retry replaces it.
         with contextlib.suppress(redis.RedisError):
-            states.finish(run_id, "failed", f"the run could not be sent: {type(exc).__name__}", patience=0)
+            states.finish(run_id, FAILED, f"the run could not be sent: {type(exc).__name__}", patience=0)
         raise
     return answer
 
