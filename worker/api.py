@@ -256,10 +256,13 @@ def create_app(
 
     @web.delete(f"{PREFIX}/backup/<job_id>")
     def cancel_job(job_id: str):
-        if not JOB_ID.match(job_id) or run_status(job_id, settings) is None:
-            return reply(envelope.not_found_response(f"no job {job_id[:64]!r} (never sent, or expired)"))
+        unknown = envelope.not_found_response(f"no job {job_id[:64]!r} (never sent, or expired)")
+        if not JOB_ID.match(job_id):
+            return reply(unknown)
         try:
             status = cancel_run(job_id, settings)
+        except ConfigurationError:  # cancel_run's word for a run it does not know
+            return reply(unknown)
         except RunNotCancellable as exc:
             return reply(envelope.error_response(409, "Conflict", str(exc), "RUN_NOT_CANCELLABLE"))
         data = {"response": f"job {job_id} cancelled", "job_id": job_id, "run": run_view(status)}

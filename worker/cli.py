@@ -15,6 +15,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from common.db import DatabaseTarget
 from common.exceptions import RunFailedError, VectorBackupError
 from common.sizes import format_size
 
@@ -158,7 +159,7 @@ def status_line(status: dict) -> str:
     """`<run id>  <task id>  <database>  <state>  started ...  heartbeat ...  <tables>`, one line,
     then the reason, if any, on the next."""
     db = status.get("database") or {}
-    where = "{user}@{host}:{port}/{dbname}".format(**db) if db else "-"
+    where = DatabaseTarget.from_parts(**db).describe() if db else "-"
     started = _when(status.get("started_at"))
     beat = _when(status.get("heartbeat_at"))
     tables = "; ".join(
