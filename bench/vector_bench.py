@@ -180,12 +180,14 @@ def compressed_backup(url: str, scratch: Path, compression: str) -> dict:
     """One table backup by the engine (no worker), compressed; a fresh directory each time."""
     from common.backup import backup_table
     from common.config import VectorTableManagement
+    from common.table_job import TableJob
 
     conn = psycopg2.connect(url)
     conn.autocommit = True
     try:
         directory = Path(tempfile.mkdtemp(prefix="packed_", dir=scratch))
-        return backup_table(conn, TABLE, directory, "bench", VectorTableManagement(compression=compression))
+        job = TableJob(TABLE, directory, "bench", VectorTableManagement(compression=compression))
+        return backup_table(conn, job)
     finally:
         conn.close()
 
@@ -284,9 +286,10 @@ import resource, sys
 from pathlib import Path
 import psycopg2
 from common.backup import backup_table
+from common.table_job import TableJob
 from common.config import VectorTableManagement
 conn = psycopg2.connect(sys.argv[1]); conn.autocommit = True
-backup_table(conn, sys.argv[2], Path(sys.argv[3]), "rss", VectorTableManagement())
+backup_table(conn, TableJob(sys.argv[2], Path(sys.argv[3]), "rss", VectorTableManagement()))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 

@@ -6,20 +6,19 @@ Nightly backups share one backup directory, so runs append instead of overwritin
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from typing import Any
 
 from common.run_result import VectorRunResult
+from common.storage import as_storage
 
 LOG_NAME = "vector_backup_log.txt"
 
 
-def _append(directory: Path, text: str) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / LOG_NAME, "a", encoding="utf-8") as log:
-        log.write(text)
+def _append(directory: Any, text: str) -> None:
+    as_storage(directory).append_text(LOG_NAME, text)
 
 
-def append_backup_block(directory: Path, result: VectorRunResult) -> None:
+def append_backup_block(directory: Any, result: VectorRunResult) -> None:
     """Start the run's block: when, which task and database, and each table's backup."""
     lines = [
         "=== Vector Table Backup Log ===",
@@ -49,7 +48,7 @@ def append_backup_block(directory: Path, result: VectorRunResult) -> None:
 
 
 def append_truncate_block(
-    directory: Path, result: VectorRunResult, preserved_tables: list[str], error: str | None = None
+    directory: Any, result: VectorRunResult, preserved_tables: list[str], error: str | None = None
 ) -> None:
     """Finish the run's block with what truncate did, or why it did not."""
     lines = ["", "Truncate Status:"]

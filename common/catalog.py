@@ -7,13 +7,14 @@ path segment.
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, BinaryIO, TypedDict
 
 from common.config import Settings, validate_task_id
 from common.exceptions import ConfigurationError, VerifyError
-from common.manifest import MANIFEST_GLOB, load_manifest, manifest_name, manifest_timestamp
+from common.manifest import MANIFEST_GLOB, SetRef, load_manifest, manifest_name
 
 SEPARATOR = "~"
 # A set's timestamp as file names carry it (VECTOR_TIMESTAMP_FORMAT): no path, no dots first.
@@ -36,58 +37,67 @@ def set_name(task_id: str | None, timestamp: str) -> str:
 
 def list_sets(settings: Settings) -> list[SetSummary]:
     """Every set with a readable manifest, newest first; unreadable manifests are skipped."""
-    directories = [(None, settings.backup_directory())]
+    task_ids: list[str | None] = [None]
     if settings.task_root.is_dir():
-        directories += [
-            (task.name, task / settings.vector.backup_directory)
+        task_ids += [
+            task.name
             for task in sorted(settings.task_root.iterdir())
-            if task.is_dir() and _is_task_id(task.name)
+            if task.is_dir() and not task.is_symlink() and _is_task_id(task.name)
         ]
     sets = []
-    for task_id, directory in directories:
-        for path in sorted(directory.glob(MANIFEST_GLOB)) if directory.is_dir() else []:
+    for task_id in task_ids:
+        storage = settings.backup_storage(task_id)
+        for name in storage.names(MANIFEST_GLOB):
             try:
-                sets.append(_summary(task_id, path))
+                sets.append(_summary(task_id, SetRef(storage, name)))
             except VerifyError:
                 continue
     return sorted(sets, key=lambda s: s["timestamp"], reverse=True)
 
 
-def find_set(settings: Settings, name: str) -> tuple[Path, dict[str, Any]]:
-    """The manifest path and contents of the set called `name`; `VerifyError` if there is none."""
+def find_set(settings: Settings, name: str) -> tuple[SetRef, dict[str, Any]]:
+    """The set called `name` and its manifest; `VerifyError` if there is none."""
     task_id, sep, timestamp = name.partition(SEPARATOR)
     if not sep or not timestamp or not STAMP.fullmatch(timestamp) or len(name) > 200:
         raise VerifyError(f"no backup set called {name[:100]!r}")
     if task_id and not _is_task_id(task_id):
         raise VerifyError(f"no backup set called {name!r}")
-    path = settings.backup_directory(task_id or None) / manifest_name(timestamp)
-    if path.parent != settings.backup_directory(task_id or None) or not _plain_file(path):
+    ref = SetRef(settings.backup_storage(task_id or None), manifest_name(timestamp))
+    if not _plain_file(ref.storage, ref.manifest):
         raise VerifyError(f"no backup set called {name!r}")
-    return path, load_manifest(path)
+    return ref, load_manifest(ref)
 
 
-def set_file(settings: Settings, name: str, file_name: str) -> Path:
-    """A file of the set: one its manifest lists, or the manifest itself. Nothing else,
-    so no name can reach outside the backup directory."""
-    manifest_path, manifest = find_set(settings, name)
-    allowed = {entry.get("file") for entry in manifest["tables"].values()} | {manifest_path.name}
+def open_set_file(settings: Settings, name: str, file_name: str) -> tuple[BinaryIO, int]:
+    """A file of the set, opened, and its size: one its manifest lists, or the manifest
+    itself. Nothing else, so no name can reach outside the backup directory; what is sent
+    is the file that was opened, however the directory changes meanwhile."""
+    ref, manifest = find_set(settings, name)
+    allowed = {entry.get("file") for entry in manifest["tables"].values()} | {ref.manifest}
     if file_name not in allowed or Path(file_name).name != file_name:
         raise VerifyError(f"{file_name!r} is not a file of backup set {name!r}")
-    path = manifest_path.parent / file_name
-    if not _plain_file(path):
-        raise VerifyError(f"{file_name!r} of backup set {name!r} is missing on disk (or not a plain file)")
-    return path
+    try:
+        opened = ref.storage.open(file_name)
+    except OSError:
+        raise VerifyError(
+            f"{file_name!r} of backup set {name!r} is missing on disk (or not a plain file)"
+        ) from None
+    size = opened.seek(0, io.SEEK_END)
+    opened.seek(0)
+    return opened, size
 
 
-def _plain_file(path: Path) -> bool:
-    """A regular file that is no symlink and, with its directory resolved, stays in it:
-    a link planted in a backup directory must never be followed."""
-    return path.is_file() and not path.is_symlink() and path.resolve().parent == path.parent.resolve()
+def _plain_file(storage: Any, name: str) -> bool:
+    """A regular file, never a link: a link planted in a backup directory is never followed."""
+    try:
+        return storage.stat(name) is not None
+    except OSError:
+        return False
 
 
-def _summary(task_id: str | None, path: Path) -> SetSummary:
-    manifest = load_manifest(path)
-    timestamp = manifest_timestamp(path)
+def _summary(task_id: str | None, ref: SetRef) -> SetSummary:
+    manifest = load_manifest(ref)
+    timestamp = ref.timestamp
     tables = {
         table: {"file": entry.get("file"), "rows": entry.get("rows"), "bytes": entry.get("bytes")}
         for table, entry in manifest["tables"].items()
@@ -99,7 +109,7 @@ def _summary(task_id: str | None, path: Path) -> SetSummary:
         created_at=manifest.get("created_at"),
         run_id=manifest.get("run_id"),
         tables=tables,
-        files=[path.name, *(t["file"] for t in tables.values())],
+        files=[ref.manifest, *(t["file"] for t in tables.values())],
     )
 
 

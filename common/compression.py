@@ -2,7 +2,7 @@
 (`.csv.zst`) or `gzip` (`.csv.gz`).
 
 The sha256 and the size in the manifest are those of the file on disk, so verify checks
-them without decompressing; rows and headers are read through `open_text`/`open_binary`.
+them without decompressing; rows and headers are read through `decompressing`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ import contextlib
 import gzip
 import hashlib
 import io
-import os
-import stat
 from collections.abc import Iterator
-from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
@@ -75,15 +72,16 @@ def compressing(out: BinaryIO, compression: str) -> Iterator[tuple[BinaryIO, obj
     writer.close()
 
 
-def open_binary(path: Path) -> BinaryIO:
-    """The CSV bytes of a backup file, decompressed as they are read."""
-    compression = of_file(path.name)
+def decompressing(raw: BinaryIO, name: str) -> BinaryIO:
+    """The rows' bytes of a backup file called `name`, read from `raw` and decompressed
+    as they are read. The caller closes `raw` (a decompressor never does)."""
+    compression = of_file(name)
+    buffered = io.BufferedReader(raw, 1 << 20) if isinstance(raw, io.RawIOBase) else raw
     if compression == "gzip":
-        return gzip.open(path, "rb")
-    raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+        return gzip.GzipFile(fileobj=buffered, mode="rb")
     if compression == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-    return raw
+        return zstandard.ZstdDecompressor().stream_reader(buffered, closefd=False)
+    return buffered
 
 
 class HashingReader(io.RawIOBase):
@@ -113,23 +111,8 @@ class HashingReader(io.RawIOBase):
         super().close()
 
 
-def open_checked(path: Path) -> tuple[BinaryIO, HashingReader]:
-    """The CSV bytes of a backup file as `open_binary` gives them, read through a
-    `HashingReader` of the file itself. A symbolic link or anything but a regular file is
-    refused (`OSError`): the bytes used are those hashed, however the directory changes."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(f"{path.name} is not a regular file")
-    hashed = HashingReader(os.fdopen(fd, "rb", buffering=0))
-    buffered = io.BufferedReader(hashed, 1 << 20)
-    compression = of_file(path.name)
-    if compression == "gzip":
-        return gzip.GzipFile(fileobj=buffered, mode="rb"), hashed
-    if compression == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(buffered, closefd=False), hashed
-    return buffered, hashed
-
-
-def open_text(path: Path) -> io.TextIOBase:
-    return io.TextIOWrapper(open_binary(path), encoding="utf-8", newline="")
+def open_checked(raw: BinaryIO, name: str) -> tuple[BinaryIO, HashingReader]:
+    """`decompressing` the file `raw` through a `HashingReader` of the file itself: the
+    bytes used are exactly the bytes hashed."""
+    hashed = HashingReader(raw)
+    return decompressing(hashed, name), hashed

@@ -12,15 +12,19 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from common.compression import check as check_compression
 from common.db import DatabaseTarget
 from common.exceptions import ConfigurationError
+from common.storage import open_storage
 
 COLLECTION_TABLE = "langchain_pg_collection"
 EMBEDDING_TABLE = "langchain_pg_embedding"
 # .env.example's secrets start with this; a placeholder is no secret.
 PLACEHOLDER = "change-me"
+# The file formats (common.formats) and storages (common.storage) a backup may use.
+FILE_FORMATS = ("csv",)
 TASK_ID_PATTERN = re.compile(r"[a-zA-Z0-9_]+")  # matched whole (fullmatch): no trailing newline
 
 
@@ -36,6 +40,7 @@ class VectorTableManagement:
     progress_every: int = 50_000
     truncate_lock_timeout_s: float = 30.0
     compression: str = "none"
+    file_format: str = "csv"  # a module of common.formats
     # Range-split backup: each of these tables gets `split_workers` chord header tasks;
     # above `split_min_mb` they copy block ranges in parallel under one snapshot.
     split_tables: tuple[str, ...] = (EMBEDDING_TABLE,)
@@ -44,6 +49,8 @@ class VectorTableManagement:
 
     def __post_init__(self) -> None:
         check_compression(self.compression)
+        if self.file_format not in FILE_FORMATS:
+            raise ConfigurationError(f"VECTOR_BACKUP_FORMAT must be one of {', '.join(FILE_FORMATS)}")
         if not 1 <= self.split_workers <= 16:
             raise ConfigurationError("VECTOR_SPLIT_WORKERS must be between 1 and 16")
         if self.split_min_mb < 0:
@@ -129,6 +136,10 @@ class Settings:
             base = base / task_id
         return base / self.vector.backup_directory
 
+    def backup_storage(self, task_id: str | None = None) -> Any:
+        """The storage of `backup_directory(task_id)` (`common.storage`)."""
+        return open_storage(self.backup_directory(task_id), self.vector.backup_temp_suffix)
+
 
 def validate_task_id(task_id: str) -> str:
     """Accept only the seeds' `^[a-zA-Z0-9_]+$`, which also keeps paths inside the root."""
@@ -187,6 +198,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             _number(env, "VECTOR_TRUNCATE_LOCK_TIMEOUT", defaults.truncate_lock_timeout_s, float)
         ),
         compression=env.get("VECTOR_BACKUP_COMPRESSION", defaults.compression),
+        file_format=env.get("VECTOR_BACKUP_FORMAT", defaults.file_format),
         split_tables=_tables(env, "VECTOR_SPLIT_TABLES", defaults.split_tables),
         split_workers=int(_number(env, "VECTOR_SPLIT_WORKERS", defaults.split_workers)),
         split_min_mb=float(_number(env, "VECTOR_SPLIT_MIN_MB", defaults.split_min_mb, float)),

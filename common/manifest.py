@@ -6,21 +6,24 @@ after its set's timestamp: `manifest_{timestamp}.json`.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zstandard
 
-from common.atomic import atomic_output
-from common.compression import of_file, open_text
+from common.compression import decompressing, of_file
+from common.config import FILE_FORMATS
 from common.consistency import COLLECTION_TABLE, link_column, missing_collections
 from common.exceptions import VerifyError
+from common.formats import DEFAULT as DEFAULT_FORMAT
+from common.formats import file_format
 from common.run_result import VectorRunResult
+from common.storage import UnsafeFile, open_storage, plain_name
 from common.table_schema import check_schema
 
 # 2: tables described as data (`schema`, common.table_schema); 1 carried SQL text
@@ -28,6 +31,7 @@ from common.table_schema import check_schema
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 READ_CHUNK = 1 << 20
+MAX_MANIFEST_BYTES = 64 << 20
 
 
 MANIFEST_PREFIX, MANIFEST_SUFFIX = "manifest_", ".json"
@@ -38,20 +42,16 @@ def manifest_name(timestamp: str) -> str:
     return f"{MANIFEST_PREFIX}{timestamp}{MANIFEST_SUFFIX}"
 
 
-def manifest_timestamp(path: Path) -> str:
+def manifest_timestamp(name: str) -> str:
     """The set's timestamp, from its manifest's name."""
-    return path.name[len(MANIFEST_PREFIX) : -len(MANIFEST_SUFFIX)]
+    return name[len(MANIFEST_PREFIX) : -len(MANIFEST_SUFFIX)]
 
 
 def write_manifest(
-    directory: Path,
-    result: VectorRunResult,
-    server: dict[str, str | None],
-    temp_suffix: str = ".tmp",
-    signing_key: str | None = None,
-) -> Path:
+    storage: Any, result: VectorRunResult, server: dict[str, str | None], signing_key: str | None = None
+) -> str:
     """Write the set's manifest atomically, signed with `signing_key` if given; the result
-    dict must describe a complete set."""
+    dict must describe a complete set. Returns its name."""
     manifest = {
         "format_version": FORMAT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -67,6 +67,7 @@ def write_manifest(
                 "bytes": info["file_size_bytes"],
                 "sha256": info["sha256"],
                 "compression": of_file(info["backup_file"]),
+                "format": info.get("format", DEFAULT_FORMAT),
                 **{k: info[k] for k in ("csv_bytes", "csv_sha256") if k in info},
                 "duration": info["duration"],
                 "columns": info["columns"],
@@ -77,10 +78,10 @@ def write_manifest(
     }
     if signing_key is not None:
         manifest["signature"] = {"algorithm": SIGNATURE, "value": signature(manifest, signing_key)}
-    path = directory / manifest_name(result["timestamp"])
-    with atomic_output(path, temp_suffix) as out:
+    name = manifest_name(result["timestamp"])
+    with storage.writer(name) as out:
         out.write(json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
-    return path
+    return name
 
 
 SIGNATURE = "hmac-sha256"
@@ -116,54 +117,77 @@ def check_signature(name: str, manifest: dict[str, Any], key: str | None) -> Non
         )
 
 
-def find_manifest(path: Path) -> Path:
-    """`path` itself if it is a manifest; for a directory, its newest set's manifest."""
+@dataclass(frozen=True)
+class SetRef:
+    """A set: its storage and its manifest's name there."""
+
+    storage: Any
+    manifest: str
+
+    @property
+    def timestamp(self) -> str:
+        return manifest_timestamp(self.manifest)
+
+
+def locate(where: SetRef | Path | str, temp_suffix: str = ".tmp") -> SetRef:
+    """The set `where` names: a manifest, or a directory (its newest set)."""
+    if isinstance(where, SetRef):
+        return where
+    path = Path(where)
     if path.is_dir():
-        manifests = sorted(p for p in path.glob(MANIFEST_GLOB) if not p.is_symlink())
+        storage = open_storage(path, temp_suffix)
+        manifests = storage.names(MANIFEST_GLOB)
         if not manifests:
             raise VerifyError(f"{path}: no {MANIFEST_GLOB} in this directory")
-        return manifests[-1]
-    if not path.is_file():
-        raise VerifyError(f"{path}: no such file or directory")
+        return SetRef(storage, manifests[-1])
     if path.is_symlink():
         raise VerifyError(f"{path}: a manifest that is a symbolic link is never followed")
-    return path
+    if not path.is_file():
+        raise VerifyError(f"{path}: no such file or directory")
+    return SetRef(open_storage(path.parent, temp_suffix), path.name)
 
 
-def load_manifest(path: Path) -> dict[str, Any]:
+def find_manifest(path: Path) -> Path:
+    """`path` itself if it is a manifest; for a directory, its newest set's manifest."""
+    ref = locate(path)
+    return ref.storage.local_root / ref.manifest
+
+
+def load_manifest(where: SetRef | Path) -> dict[str, Any]:
+    ref = where if isinstance(where, SetRef) else SetRef(open_storage(where.parent), where.name)
+    name = ref.manifest
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        with ref.storage.open(name) as raw:
+            manifest = json.loads(raw.read(MAX_MANIFEST_BYTES + 1).decode("utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, JSON, huge numbers
-        raise VerifyError(f"{path.name}: unreadable manifest: {type(exc).__name__}") from None
+        raise VerifyError(f"{name}: unreadable manifest: {type(exc).__name__}") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") not in READABLE_VERSIONS:
-        raise VerifyError(f"{path.name}: not a format {FORMAT_VERSION} manifest")
+        raise VerifyError(f"{name}: not a format {FORMAT_VERSION} manifest")
     if not isinstance(manifest.get("tables"), dict) or not manifest["tables"]:
-        raise VerifyError(f"{path.name}: the manifest lists no tables")
+        raise VerifyError(f"{name}: the manifest lists no tables")
     for table, entry in manifest["tables"].items():
         if not isinstance(entry, dict) or not all(
             isinstance(entry.get(k), kind)
             for k, kind in (("file", str), ("rows", int), ("bytes", int), ("sha256", str))
         ):
-            raise VerifyError(
-                f"{path.name}: {str(table)[:100]}: file, rows, bytes or sha256 missing or malformed"
-            )
+            raise VerifyError(f"{name}: {str(table)[:100]}: file, rows, bytes or sha256 missing or malformed")
         columns = entry.get("columns")
         if not isinstance(columns, list) or not all(
             isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c) for c in columns
         ):
             raise VerifyError(
-                f"{path.name}: {str(table)[:100]}: the manifest's columns are not [name, type] pairs"
+                f"{name}: {str(table)[:100]}: the manifest's columns are not [name, type] pairs"
             )
         if manifest["format_version"] >= 2:
             try:
                 check_schema(table, entry.get("schema"), [c[0] for c in columns])
             except VerifyError as exc:
-                raise VerifyError(f"{path.name}: {exc}") from None
+                raise VerifyError(f"{name}: {exc}") from None
     return manifest
 
 
 def verify_set(
-    path: Path, deep: bool = True, signing_key: str | None = None, hash_files: bool = True
+    where: SetRef | Path, deep: bool = True, signing_key: str | None = None, hash_files: bool = True
 ) -> dict[str, Any]:
     """Re-check every file of a set: size, sha256, CSV row count and header, and that
     every collection id the embedding file references is in the collection file.
@@ -180,13 +204,13 @@ def verify_set(
     file as it reads it anyway (restore), so a file is read once.
     Returns the manifest; raises `VerifyError` listing every problem found.
     """
-    manifest_path = find_manifest(path)
-    manifest = load_manifest(manifest_path)
-    check_signature(manifest_path.name, manifest, signing_key)
+    ref = locate(where)
+    manifest = load_manifest(ref)
+    check_signature(ref.manifest, manifest, signing_key)
     problems = []
     ids = {}
     for table, entry in manifest["tables"].items():
-        file_problems, ids[table] = _check_file(manifest_path.parent, table, entry, deep or hash_files, deep)
+        file_problems, ids[table] = _check_file(ref.storage, table, entry, deep or hash_files, deep)
         problems += [f"{table}: {p}" for p in file_problems]
     if not problems:
         missing = missing_collections({t: {"collection_ids": v} for t, v in ids.items() if v is not None})
@@ -196,66 +220,53 @@ def verify_set(
                 f"{COLLECTION_TABLE} file (e.g. {missing[0]})"
             )
     if problems:
-        raise VerifyError(f"{manifest_path.name}: " + "; ".join(problems))
+        raise VerifyError(f"{ref.manifest}: " + "; ".join(problems))
     return manifest
 
 
 def _check_file(
-    directory: Path, table: str, entry: dict[str, Any], hash_file: bool = True, deep: bool = True
+    storage: Any, table: str, entry: dict[str, Any], hash_file: bool = True, deep: bool = True
 ) -> tuple[list[str], set[str] | None]:
     """The file's problems, and the collection ids it holds or references (None: no such column)."""
     name = str(entry.get("file", ""))
-    file = directory / name
-    if not name or Path(name).name != name or not file.is_file():
+    try:
+        info = storage.stat(plain_name(name))
+    except UnsafeFile as exc:
+        return [str(exc)], None
+    if info is None:
         return [f"file {name!r} is missing"], None
-    if file.is_symlink():
-        return [f"{name} is a symbolic link, which is never followed"], None
+    fmt_name = entry.get("format", DEFAULT_FORMAT)
+    if fmt_name not in FILE_FORMATS:
+        return [f"{name} is in format {str(fmt_name)[:40]!r}, which this version cannot read"], None
+    fmt = file_format(fmt_name)
     problems = []
-    size = file.stat().st_size
-    if size != entry.get("bytes"):
-        problems.append(f"{name} is {size} bytes, the manifest says {entry.get('bytes')}")
-    if hash_file:
-        digest = hashlib.sha256()
-        with open(file, "rb") as f:
-            while chunk := f.read(READ_CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != entry.get("sha256"):
-            problems.append(f"{name} does not match its sha256")
+    if info.size != entry.get("bytes"):
+        problems.append(f"{name} is {info.size} bytes, the manifest says {entry.get('bytes')}")
+    if hash_file and _sha256(storage, name) != entry.get("sha256"):
+        problems.append(f"{name} does not match its sha256")
     columns = [c[0] for c in entry.get("columns", [])]
-    if not problems and not deep:
-        return (
-            [] if _csv_header(file) == columns else [f"{name} header does not match the manifest's columns"]
-        ), None
     link = link_column(table, columns)
     try:
-        header, rows, ids = _csv_shape(file, columns.index(link) if link else None)
-    except (csv.Error, UnicodeDecodeError, OSError, EOFError, zstandard.ZstdError) as exc:
-        return [*problems, f"{name} is not valid UTF-8 CSV: {exc}"], None
-    if header != columns:
-        problems.append(f"{name} header {header} does not match the manifest's columns")
-    if rows != entry.get("rows"):
-        problems.append(f"{name} holds {rows} rows, the manifest says {entry.get('rows')}")
-    return problems, ids
+        with storage.open(name) as raw:
+            rows = decompressing(raw, name)
+            if not problems and not deep:
+                header = fmt.header(rows)
+                return (
+                    [] if header == columns else [f"{name} header does not match the manifest's columns"]
+                ), None
+            scan = fmt.scan(rows, columns.index(link) if link else None)
+    except (*fmt.errors, OSError, EOFError, zstandard.ZstdError) as exc:
+        return [*problems, f"{name} is not a valid {fmt.name} file: {exc}"], None
+    if scan.header != columns:
+        problems.append(f"{name} header {scan.header} does not match the manifest's columns")
+    if scan.rows != entry.get("rows"):
+        problems.append(f"{name} holds {scan.rows} rows, the manifest says {entry.get('rows')}")
+    return problems, scan.ids
 
 
-def _csv_header(file: Path) -> list[str]:
-    try:
-        with open_text(file) as f:
-            return next(csv.reader(f), [])
-    except (csv.Error, UnicodeDecodeError, OSError, EOFError, zstandard.ZstdError):
-        return []
-
-
-def _csv_shape(file: Path, id_column: int | None) -> tuple[list[str], int, set[str] | None]:
-    """Header, row count and, for `id_column`, its distinct non-empty values (CSV NULL is empty)."""
-    with open_text(file) as f:
-        reader = csv.reader(f)
-        header = next(reader, [])
-        if id_column is None:
-            return header, sum(1 for _ in reader), None
-        ids, rows = set(), 0
-        for row in reader:
-            rows += 1
-            if id_column < len(row) and row[id_column]:
-                ids.add(row[id_column])
-        return header, rows, ids
+def _sha256(storage: Any, name: str) -> str:
+    digest = hashlib.sha256()
+    with storage.open(name) as f:
+        while chunk := f.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -14,7 +14,9 @@ from common.compression import open_checked
 from common.config import Settings, load_settings
 from common.db import first_line, rollback_quietly, table_identifier
 from common.exceptions import RestoreError, VerifyError
-from common.manifest import find_manifest, verify_set
+from common.formats import DEFAULT as DEFAULT_FORMAT
+from common.formats import file_format
+from common.manifest import SetRef, locate, verify_set
 from common.table_schema import create_statements
 
 MODES = ("replace", "append")
@@ -30,7 +32,7 @@ class RestoreResult(TypedDict):
 
 
 def restore_set(
-    conn: Connection, path: Path, mode: str = "replace", settings: Settings | None = None
+    conn: Connection, path: SetRef | Path, mode: str = "replace", settings: Settings | None = None
 ) -> RestoreResult:
     """Verify the set at `path` (its signature too, with `VECTOR_SIGNING_KEY`), then
     restore the configured tables (`VECTOR_SUPPORTED_TABLES`, in that order: collection
@@ -47,16 +49,16 @@ def restore_set(
     started = time.time()
     settings = settings or load_settings()
     configured = settings.vector.supported_tables
-    manifest_path = find_manifest(path)
+    ref = locate(path, settings.vector.backup_temp_suffix)
     # COPY parses the rows and each file is hashed as COPY reads it: counts and sha256
     # are compared below, before anything commits, so each file is read once.
-    manifest = verify_set(manifest_path, deep=False, signing_key=settings.signing_key, hash_files=False)
+    manifest = verify_set(ref, deep=False, signing_key=settings.signing_key, hash_files=False)
     listed = set(manifest["tables"])
     if listed != set(configured):
         extra = sorted(listed - set(configured))
         absent = sorted(set(configured) - listed)
         raise RestoreError(
-            f"{manifest_path.name} lists {', '.join(map(repr, extra)) or 'no other table'} beyond "
+            f"{ref.manifest} lists {', '.join(map(repr, extra)) or 'no other table'} beyond "
             f"VECTOR_SUPPORTED_TABLES and lacks {', '.join(absent) or 'none of them'}; restore only "
             "ever touches the configured tables; nothing was restored"
         )
@@ -95,17 +97,14 @@ def restore_set(
                 for current in reversed(tables):
                     cur.execute(sql.SQL("DELETE FROM {}").format(table_identifier(current)))
             for current, entry in tables.items():
-                columns = sql.SQL(", ").join(sql.Identifier(c[0]) for c in entry["columns"])
-                copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER, ENCODING 'UTF8')")
+                fmt = file_format(entry.get("format", DEFAULT_FORMAT))  # checked by verify_set
+                copy = fmt.copy_from(table_identifier(current), [c[0] for c in entry["columns"]])
                 # The file is read once, hashed as COPY reads it: a file swapped after the
                 # verification above is caught here, before anything commits.
-                data, hashed = open_checked(manifest_path.parent / entry["file"])
-                try:
-                    cur.copy_expert(copy.format(table_identifier(current), columns), data, size=COPY_CHUNK)
+                with ref.storage.open(entry["file"]) as raw:
+                    data, hashed = open_checked(raw, entry["file"])
+                    cur.copy_expert(copy, data, size=COPY_CHUNK)
                     digest, size = hashed.finish()
-                finally:
-                    data.close()
-                    hashed.close()
                 if (digest, size) != (entry["sha256"], entry["bytes"]):
                     raise RestoreError(
                         f"{current}: {entry['file']} does not match its sha256 (changed or damaged); "
@@ -132,7 +131,7 @@ def restore_set(
         if not conn.closed:
             conn.autocommit = True
     return RestoreResult(
-        manifest=manifest_path.name,
+        manifest=ref.manifest,
         mode=mode,
         tables=restored,
         created=created,

@@ -8,14 +8,17 @@ is never mistaken for a complete one.
 
 from __future__ import annotations
 
+import glob
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from common.exceptions import VerifyError
-from common.manifest import MANIFEST_GLOB, load_manifest, manifest_timestamp, verify_set
+from common.manifest import MANIFEST_GLOB, SetRef, load_manifest, manifest_timestamp, verify_set
+from common.storage import as_storage
 
 log = logging.getLogger(__name__)
 
@@ -29,72 +32,81 @@ class RetentionPolicy:
 @dataclass(frozen=True)
 class SetOnDisk:
     timestamp: str
-    manifest: Path
+    ref: SetRef
     created: float
 
 
-def sets_in(directory: Path) -> list[SetOnDisk]:
-    """The directory's sets (those with a manifest), newest first."""
-    found = [SetOnDisk(manifest_timestamp(p), p, p.stat().st_mtime) for p in directory.glob(MANIFEST_GLOB)]
+def sets_in(storage: Any) -> list[SetOnDisk]:
+    """The storage's sets (those with a manifest), newest first."""
+    found = []
+    for name in storage.names(MANIFEST_GLOB):
+        info = storage.stat(name)
+        if info is not None:
+            found.append(SetOnDisk(manifest_timestamp(name), SetRef(storage, name), info.mtime))
     return sorted(found, key=lambda s: (s.created, s.timestamp), reverse=True)
 
 
 def sets_to_remove(
-    directory: Path,
+    directory: Any,
     policy: RetentionPolicy,
     in_use: Callable[[str], bool],
     now: float | None = None,
     signing_key: str | None = None,
 ) -> list[SetOnDisk]:
     now = time.time() if now is None else now
-    sets = sets_in(directory)
+    sets = sets_in(as_storage(directory))
     keep = {s.timestamp for s in sets[: policy.keep]} if policy.keep > 0 else set()
     if policy.max_age_days > 0:
         keep |= {s.timestamp for s in sets if now - s.created < policy.max_age_days * 86400}
-    newest_good = next((s for s in sets if _verifies(s.manifest, signing_key)), None)
+    newest_good = next((s for s in sets if _verifies(s.ref, signing_key)), None)
     if newest_good is not None:
         keep.add(newest_good.timestamp)
     return [s for s in sets if s.timestamp not in keep and not in_use(s.timestamp)]
 
 
 def apply_retention(
-    directory: Path,
+    directory: Any,
     policy: RetentionPolicy,
     in_use: Callable[[str], bool],
     temp_suffix: str = ".tmp",
     signing_key: str | None = None,
 ) -> list[str]:
-    """Remove the sets the policy lets go; returns their timestamps, each one logged.
+    """Remove the sets the policy lets go from `directory` (a storage, or a local path);
+    returns their timestamps, each one logged.
 
     The log goes to the worker's logger, not the set log, whose blocks a run in progress
     may still be finishing."""
+    storage = as_storage(directory, temp_suffix)
     removed = []
-    for old in sets_to_remove(directory, policy, in_use, signing_key=signing_key):
-        if any(directory.glob(f"*_{old.timestamp}.*{temp_suffix}")):
+    for old in sets_to_remove(storage, policy, in_use, signing_key=signing_key):
+        if storage.names(f"*_{glob.escape(old.timestamp)}.*{glob.escape(temp_suffix)}"):
             continue  # something is being written for this set right now
-        files = _files_of(old.manifest, old.timestamp)
-        old.manifest.unlink()
+        files = _files_of(old.ref)
+        storage.delete(old.ref.manifest)
         for name in files:
-            (directory / name).unlink(missing_ok=True)
+            storage.delete(name)
         removed.append(old.timestamp)
-        log.info("retention removed backup set %s from %s (%s)", old.timestamp, directory, ", ".join(files))
+        log.info(
+            "retention removed backup set %s from %s (%s)", old.timestamp, storage.location, ", ".join(files)
+        )
     return removed
 
 
-def _files_of(manifest: Path, timestamp: str) -> list[str]:
+def _files_of(ref: SetRef) -> list[str]:
     """The files a set's manifest lists that bear the set's own timestamp: a manifest
     rewritten to list another set's files gets none of them removed."""
     try:
-        tables = load_manifest(manifest)["tables"]
+        tables = load_manifest(ref)["tables"]
     except VerifyError:
         return []
     names = [str(e.get("file")) for e in tables.values()]
-    return [n for n in names if Path(n).name == n and n.split(".", 1)[0].endswith(f"_{timestamp}")]
+    stamp = f"_{ref.timestamp}"
+    return [n for n in names if Path(n).name == n and n.split(".", 1)[0].endswith(stamp)]
 
 
-def _verifies(manifest: Path, signing_key: str | None) -> bool:
+def _verifies(ref: SetRef, signing_key: str | None) -> bool:
     try:
-        verify_set(manifest, deep=False, signing_key=signing_key)
+        verify_set(ref, deep=False, signing_key=signing_key)
     except VerifyError:
         return False
     return True

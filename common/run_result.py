@@ -9,6 +9,7 @@ from typing import Any, NotRequired, TypedDict
 
 from common.backup import TableBackup
 from common.exceptions import TruncateRefusedError
+from common.storage import UnsafeFile, plain_name
 from common.truncate import TableTruncate
 
 
@@ -45,7 +46,7 @@ class VectorRunResult(TypedDict, total=False):
 def aggregate_backups(
     request: RunRequest,
     tables: Iterable[TableBackup],
-    backup_directory: Path,
+    storage: Any,
     database: dict[str, Any],
 ) -> VectorRunResult:
     """Fold the per-table results of one set into the run's result dict."""
@@ -59,7 +60,7 @@ def aggregate_backups(
         tables_backed_up=by_table,
         truncate_results={},
         errors=errors,
-        backup_directory=str(backup_directory),
+        backup_directory=storage.location,
         duration=round(time.time() - started_at, 3),
         started_at=started_at,
         requested_at=request.get("requested_at", started_at),
@@ -72,7 +73,7 @@ def aggregate_backups(
 
 
 def verified_row_counts(
-    result: VectorRunResult, required_tables: Iterable[str], backup_directory: Path
+    result: VectorRunResult, required_tables: Iterable[str], storage: Any
 ) -> dict[str, int]:
     """Rows per table of a backup set, or `TruncateRefusedError` saying why it is not proven.
 
@@ -82,10 +83,10 @@ def verified_row_counts(
     problems = []
     if not isinstance(result, dict) or not result.get("backup_performed"):
         raise TruncateRefusedError("no successful backup was recorded; nothing was truncated")
-    recorded_dir = Path(result.get("backup_directory", ""))
-    if recorded_dir.resolve() != backup_directory.resolve():
+    recorded = str(result.get("backup_directory", ""))
+    if not _same_place(recorded, storage):
         raise TruncateRefusedError(
-            f"the backup was recorded in {recorded_dir}, not in {backup_directory}; nothing was truncated"
+            f"the backup was recorded in {recorded}, not in {storage.location}; nothing was truncated"
         )
     tables = result.get("tables_backed_up") or {}
     counts = {}
@@ -94,14 +95,17 @@ def verified_row_counts(
         if not info or not info.get("success"):
             problems.append(f"{table} was not backed up")
             continue
-        path = backup_directory / str(info.get("backup_file", ""))
-        if not info.get("backup_file") or not path.is_file():
-            problems.append(f"{table}: backup file {path.name} is missing")
+        name = str(info.get("backup_file", ""))
+        try:
+            found = storage.stat(plain_name(name))
+        except UnsafeFile:
+            found = None
+        if found is None:
+            problems.append(f"{table}: backup file {name} is missing")
             continue
-        size = path.stat().st_size
-        if size != info.get("file_size_bytes"):
+        if found.size != info.get("file_size_bytes"):
             problems.append(
-                f"{table}: backup file {path.name} is {size} bytes, "
+                f"{table}: backup file {name} is {found.size} bytes, "
                 f"the backup recorded {info.get('file_size_bytes')}"
             )
             continue
@@ -109,3 +113,10 @@ def verified_row_counts(
     if problems:
         raise TruncateRefusedError("; ".join(problems) + "; nothing was truncated")
     return counts
+
+
+def _same_place(recorded: str, storage: Any) -> bool:
+    if recorded == storage.location:
+        return True
+    root = storage.local_root
+    return root is not None and bool(recorded) and Path(recorded).resolve() == root.resolve()

@@ -8,9 +8,9 @@ from __future__ import annotations
 import glob
 import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
-from common.backup import ProgressCallback, TableBackup, backup_table, run_table_backup
+from common.backup import TableBackup, backup_table, run_table_backup
 from common.backup_log import append_backup_block, append_truncate_block
 from common.config import Settings
 from common.consistency import COLLECTION_TABLE, missing_collections
@@ -23,10 +23,12 @@ from common.exceptions import (
     VectorBackupError,
     VerifyError,
 )
-from common.manifest import manifest_name, verify_set, write_manifest
+from common.manifest import SetRef, manifest_name, verify_set, write_manifest
 from common.run_lock import RunLock
 from common.run_result import RunRequest, VectorRunResult, aggregate_backups, verified_row_counts
 from common.split import SplitBoard, SplitJob, merge_parts, remove_parts
+from common.storage import UnsafeFile, plain_name
+from common.table_job import ProgressCallback, TableJob
 from common.truncate import truncate_tables
 
 
@@ -43,7 +45,7 @@ def back_up_table(
     Each progress report also renews the run lock, so a long copy keeps it. With a
     `board`, this is one of the table's range-split tasks (`common.split`).
     """
-    directory = settings.backup_directory(request["task_id"])
+    storage = settings.backup_storage(request["task_id"])
 
     def report(progress):
         if lock is not None:
@@ -51,35 +53,22 @@ def back_up_table(
         if on_progress is not None:
             on_progress(progress)
 
-    fingerprint = request["truncate_requested"] and table in settings.vector.truncate_tables
     # The run reserved its timestamp in this directory, so a file already bearing it was
     # written by an earlier attempt of this very task: one killed after its rename but
     # before its ack, and redelivered. Until the set has a manifest, that file is only a
     # leftover and the new attempt replaces it; a complete set is never overwritten.
-    unfinished = not (directory / manifest_name(request["timestamp"])).exists()
-    if board is not None:
-        job = SplitJob(
-            settings.database,
-            board,
-            table,
-            directory,
-            request["timestamp"],
-            settings.vector,
-            report,
-            fingerprint,
-            replace=unfinished,
-        )
-        return job.run()
-    return run_table_backup(
-        settings.database,
+    job = TableJob(
         table,
-        directory,
+        storage,
         request["timestamp"],
         settings.vector,
-        report,
-        fingerprint,
-        replace=unfinished,
+        on_progress=report,
+        fingerprint=request["truncate_requested"] and table in settings.vector.truncate_tables,
+        replace=not storage.exists(manifest_name(request["timestamp"])),
     )
+    if board is not None and storage.local_root is not None:
+        return SplitJob(settings.database, board, job).run()
+    return run_table_backup(settings.database, job)
 
 
 def close_backup_set(
@@ -89,21 +78,18 @@ def close_backup_set(
 
     The run lock is released here unless a truncate follows that still needs it.
     """
-    directory = settings.backup_directory(request["task_id"])
-    remove_parts(directory, request["timestamp"], settings.vector.backup_temp_suffix)
-    result = aggregate_backups(request, merge_parts(tables), directory, settings.database.identity)
+    storage = settings.backup_storage(request["task_id"])
+    remove_parts(storage, request["timestamp"], settings.vector.backup_temp_suffix)
+    result = aggregate_backups(request, merge_parts(tables), storage, settings.database.identity)
     try:
         if not result["errors"]:
-            _make_consistent(settings, result, lock)
+            _make_consistent(settings, storage, result, lock)
         for info in result["tables_backed_up"].values():
             info.pop("collection_ids", None)  # checked; too long to carry in every result
         if not result["errors"]:
             server = server_info(settings.database)
-            manifest = write_manifest(
-                directory, result, server, settings.vector.backup_temp_suffix, settings.signing_key
-            )
-            result["manifest"] = manifest.name
-        append_backup_block(directory, result)
+            result["manifest"] = write_manifest(storage, result, server, settings.signing_key)
+        append_backup_block(storage, result)
         if result["errors"]:
             raise BackupFailedError("backup failed: " + "; ".join(result["errors"]), result)
     finally:
@@ -112,7 +98,7 @@ def close_backup_set(
     return result
 
 
-def _make_consistent(settings: Settings, result: VectorRunResult, lock: RunLock | None) -> None:
+def _make_consistent(settings: Settings, storage: Any, result: VectorRunResult, lock: RunLock | None) -> None:
     """Re-take the collection backup once if embeddings reference collections it lacks;
     record an error if that cannot close the gap (see `common.consistency`)."""
     tables = result["tables_backed_up"]
@@ -121,16 +107,10 @@ def _make_consistent(settings: Settings, result: VectorRunResult, lock: RunLock 
         if lock is not None:
             lock.renew()
         try:
+            job = TableJob(COLLECTION_TABLE, storage, result["timestamp"], settings.vector, replace=True)
             conn = connect(settings.database)
             try:
-                retaken = backup_table(
-                    conn,
-                    COLLECTION_TABLE,
-                    Path(result["backup_directory"]),
-                    result["timestamp"],
-                    settings.vector,
-                    replace=True,
-                )
+                retaken = backup_table(conn, job)
             finally:
                 conn.close()
         except VectorBackupError as exc:
@@ -169,13 +149,13 @@ def truncate_after_backup(
     the result when it refuses or fails; the backup files are never touched. The lock is
     released at the end.
     """
-    directory = settings.backup_directory(backup_result.get("task_id"))
+    storage = settings.backup_storage(backup_result.get("task_id"))
     result = VectorRunResult(**backup_result)
     preserved = [t for t in settings.vector.supported_tables if t not in settings.vector.truncate_tables]
     try:
         # Cheap checks first; reading every file for its sha256 comes last but one, and
         # the lock is renewed right before the truncate that needs it.
-        counts = verified_row_counts(backup_result, settings.vector.supported_tables, directory)
+        counts = verified_row_counts(backup_result, settings.vector.supported_tables, storage)
         if backup_result.get("database") != settings.database.identity:
             raise TruncateRefusedError(
                 f"the backup was taken from {backup_result.get('database')}, not from "
@@ -190,9 +170,9 @@ def truncate_after_backup(
                 "fingerprint); nothing was truncated"
             )
         try:
-            manifest = directory / str(backup_result.get("manifest") or "missing manifest")
+            manifest = SetRef(storage, plain_name(str(backup_result.get("manifest") or "no manifest")))
             verify_set(manifest, deep=False, signing_key=settings.signing_key)
-        except VerifyError as exc:
+        except (VerifyError, UnsafeFile) as exc:
             raise TruncateRefusedError(
                 f"the backup set does not verify: {exc}; nothing was truncated"
             ) from None
@@ -220,7 +200,7 @@ def truncate_after_backup(
         error = settings.database.redact(str(exc))
         result["errors"] = [*result.get("errors", []), error]
         result["duration"] = _since(result)
-        append_truncate_block(directory, result, preserved, error=error)
+        append_truncate_block(storage, result, preserved, error=error)
         error_type = type(exc) if isinstance(exc, RunFailedError) else TruncateError
         raise error_type(error, result) from None
     finally:
@@ -228,7 +208,7 @@ def truncate_after_backup(
             lock.release()
     result["truncate_performed"] = True
     result["duration"] = _since(result)
-    append_truncate_block(directory, result, preserved)
+    append_truncate_block(storage, result, preserved)
     return result
 
 
@@ -251,18 +231,15 @@ def discard_unfinished_set(settings: Settings, task_id: str | None, timestamp: s
     part files always, table files too unless the set has a manifest (a complete,
     verifiable set is kept). Only names bearing the run's own timestamp; the names removed.
     """
-    directory = settings.backup_directory(task_id)
-    if not directory.is_dir():
-        return []
+    storage = settings.backup_storage(task_id)
     stamp = glob.escape(timestamp)
-    suffix = glob.escape(settings.vector.backup_temp_suffix)
-    doomed = set(directory.glob(f"*_{stamp}.*{suffix}"))
-    if not (directory / manifest_name(timestamp)).exists():
+    doomed = set(storage.names(f"*_{stamp}.*{glob.escape(settings.vector.backup_temp_suffix)}"))
+    if not storage.exists(manifest_name(timestamp)):
         for table in settings.vector.supported_tables:
-            doomed.update(directory.glob(f"{glob.escape(table)}_{stamp}.csv*"))
-    for path in doomed:
-        path.unlink(missing_ok=True)
-    return sorted(p.name for p in doomed)
+            doomed.update(storage.names(f"{glob.escape(table)}_{stamp}.*"))
+    for name in doomed:
+        storage.delete(name)
+    return sorted(doomed)
 
 
 def _since(result: VectorRunResult) -> float:

@@ -13,6 +13,7 @@ import pytest
 from common.backup import backup_table, run_table_backup
 from common.config import VectorTableManagement, load_settings
 from common.exceptions import BackupError, PermissionDeniedError, TableNotFoundError
+from common.table_job import TableJob
 from worker.sample_store import add_awkward_rows, add_bulk_rows, row_texts
 
 VECTOR = VectorTableManagement()
@@ -35,7 +36,7 @@ def restore_into_copy(conn, table: str, csv_path: Path) -> str:
 @pytest.mark.parametrize("table", ["langchain_pg_collection", "langchain_pg_embedding"])
 def test_round_trip_restores_identical_rows(store, tmp_path, table):
     add_awkward_rows(store.conn, store.kind, store.collection_id)
-    result = backup_table(store.conn, table, tmp_path, TS, VECTOR)
+    result = backup_table(store.conn, TableJob(table, tmp_path, TS, VECTOR))
 
     assert result["success"] and result["backup_file"] == f"{table}_{TS}.csv"
     copy = restore_into_copy(store.conn, table, tmp_path / result["backup_file"])
@@ -50,7 +51,7 @@ def test_round_trip_restores_identical_rows(store, tmp_path, table):
 
 def test_backup_file_is_csv_with_header_in_utf8(store, tmp_path):
     add_awkward_rows(store.conn, store.kind, store.collection_id)
-    result = backup_table(store.conn, "langchain_pg_embedding", tmp_path, TS, VECTOR)
+    result = backup_table(store.conn, TableJob("langchain_pg_embedding", tmp_path, TS, VECTOR))
 
     text = (tmp_path / result["backup_file"]).read_bytes().decode("utf-8")
     records = list(csv.reader(io.StringIO(text, newline="")))
@@ -68,7 +69,7 @@ def test_progress_fires_every_50000_rows_and_at_the_end(store, tmp_path):
     add_bulk_rows(store.conn, store.kind, store.collection_id, 120_000)
     seen = []
 
-    result = backup_table(store.conn, "langchain_pg_embedding", tmp_path, TS, VECTOR, seen.append)
+    result = backup_table(store.conn, TableJob("langchain_pg_embedding", tmp_path, TS, VECTOR, seen.append))
 
     assert [p["rows"] for p in seen] == [50_000, 100_000, 120_000]
     assert result["row_count"] == 120_000
@@ -80,7 +81,7 @@ def test_progress_fires_every_50000_rows_and_at_the_end(store, tmp_path):
 
 
 def test_empty_table_gives_a_header_only_file(store, tmp_path):
-    result = backup_table(store.conn, "langchain_pg_embedding", tmp_path, TS, VECTOR)
+    result = backup_table(store.conn, TableJob("langchain_pg_embedding", tmp_path, TS, VECTOR))
 
     assert result["success"] and result["row_count"] == 0
     lines = (tmp_path / result["backup_file"]).read_text().splitlines()
@@ -89,7 +90,7 @@ def test_empty_table_gives_a_header_only_file(store, tmp_path):
 
 def test_missing_table_is_a_clear_error_and_leaves_no_file(db, tmp_path):
     with pytest.raises(TableNotFoundError, match="no_such_table: table does not exist"):
-        backup_table(db, "no_such_table", tmp_path, TS, VECTOR)
+        backup_table(db, TableJob("no_such_table", tmp_path, TS, VECTOR))
     assert leftovers(tmp_path) == []
 
 
@@ -101,7 +102,7 @@ def test_missing_privilege_is_a_clear_error(store, tmp_path):
         )
     try:
         with pytest.raises(PermissionDeniedError, match="langchain_pg_embedding: permission denied"):
-            backup_table(store.conn, "langchain_pg_embedding", tmp_path, TS, VECTOR)
+            backup_table(store.conn, TableJob("langchain_pg_embedding", tmp_path, TS, VECTOR))
     finally:
         with store.conn.cursor() as cur:
             cur.execute("RESET ROLE; DROP OWNED BY no_select; DROP ROLE no_select")
@@ -116,11 +117,11 @@ def test_schema_qualified_and_quoted_names(db, tmp_path):
             'INSERT INTO "Odd Schema"."Mixed Case" VALUES (\'[1,2]\'), (NULL)'
         )
     try:
-        result = backup_table(db, "Odd Schema.Mixed Case", tmp_path, TS, VECTOR)
+        result = backup_table(db, TableJob("Odd Schema.Mixed Case", tmp_path, TS, VECTOR))
         assert result["row_count"] == 2
         assert (tmp_path / f"Odd Schema.Mixed Case_{TS}.csv").exists()
         with pytest.raises(TableNotFoundError):
-            backup_table(db, "public.x; DROP TABLE y", tmp_path, TS, VECTOR)
+            backup_table(db, TableJob("public.x; DROP TABLE y", tmp_path, TS, VECTOR))
     finally:
         with db.cursor() as cur:
             cur.execute('DROP SCHEMA "Odd Schema" CASCADE')
@@ -137,7 +138,7 @@ def test_connection_killed_mid_copy_leaves_no_csv_and_no_temp(store, tmp_path, s
                 cur.execute("SELECT pg_terminate_backend(%s)", (victim.get_backend_pid(),))
 
     with pytest.raises(BackupError, match="langchain_pg_embedding: database connection lost while copying"):
-        backup_table(victim, "langchain_pg_embedding", tmp_path, TS, VECTOR, kill_backend)
+        backup_table(victim, TableJob("langchain_pg_embedding", tmp_path, TS, VECTOR, kill_backend))
     assert leftovers(tmp_path) == []
     victim.close()
 
@@ -147,7 +148,7 @@ def test_unwritable_backup_directory_is_a_clear_file_error(store, tmp_path):
     blocker.write_text("")
 
     with pytest.raises(BackupError, match="file error while creating the backup directory"):
-        backup_table(store.conn, "langchain_pg_embedding", blocker / "vector_bak", TS, VECTOR)
+        backup_table(store.conn, TableJob("langchain_pg_embedding", blocker / "vector_bak", TS, VECTOR))
     assert leftovers(tmp_path) == ["not_a_directory"]
 
 
@@ -158,7 +159,7 @@ def test_write_failure_mid_copy_leaves_no_csv_and_no_temp(store, tmp_path):
         raise OSError(28, "No space left on device")
 
     with pytest.raises(BackupError, match=r"file error while copying: .*No space left on device"):
-        backup_table(store.conn, "langchain_pg_embedding", tmp_path, TS, VECTOR, fail_writing)
+        backup_table(store.conn, TableJob("langchain_pg_embedding", tmp_path, TS, VECTOR, fail_writing))
     assert leftovers(tmp_path) == []
 
 
@@ -167,7 +168,7 @@ def test_existing_backup_is_never_overwritten(store, tmp_path):
     existing.write_text("an earlier backup\n")
 
     with pytest.raises(BackupError, match="already exists"):
-        backup_table(store.conn, "langchain_pg_embedding", tmp_path, TS, VECTOR)
+        backup_table(store.conn, TableJob("langchain_pg_embedding", tmp_path, TS, VECTOR))
     assert existing.read_text() == "an earlier backup\n"
     assert leftovers(tmp_path) == [existing.name]
 
@@ -177,7 +178,7 @@ def test_a_temp_file_left_by_a_killed_writer_is_replaced(store, tmp_path):
     stale = tmp_path / f"langchain_pg_embedding_{TS}.csv.tmp"
     stale.write_text("half a backup from a writer that was SIGKILLed\n")
 
-    result = backup_table(store.conn, "langchain_pg_embedding", tmp_path, TS, VECTOR)
+    result = backup_table(store.conn, TableJob("langchain_pg_embedding", tmp_path, TS, VECTOR))
 
     assert result["success"] and leftovers(tmp_path) == [result["backup_file"]]
 
@@ -189,14 +190,14 @@ def test_a_temp_file_being_written_is_not_touched(store, tmp_path):
         writer.write(b"a live writer's rows")
         writer.flush()
         with pytest.raises(BackupError, match="being written by another process"):
-            backup_table(store.conn, "langchain_pg_embedding", tmp_path, TS, VECTOR)
+            backup_table(store.conn, TableJob("langchain_pg_embedding", tmp_path, TS, VECTOR))
     assert busy.read_bytes() == b"a live writer's rows"
     assert leftovers(tmp_path) == [busy.name]
 
 
 def test_failed_table_becomes_a_failed_result_without_secrets(services, tmp_path):
     settings = load_settings()
-    result = run_table_backup(settings.database, "missing_table", tmp_path, TS, VECTOR)
+    result = run_table_backup(settings.database, TableJob("missing_table", tmp_path, TS, VECTOR))
 
     assert result["success"] is False and result["row_count"] == 0
     assert result["error"] == "missing_table: table does not exist"
@@ -204,7 +205,7 @@ def test_failed_table_becomes_a_failed_result_without_secrets(services, tmp_path
 
 def test_unreachable_database_becomes_a_failed_result_without_the_password(tmp_path):
     settings = load_settings({"VECTOR_DB_URL": "postgresql://someone:hunter2-secret@127.0.0.1:1/nowhere"})
-    result = run_table_backup(settings.database, "langchain_pg_embedding", tmp_path, TS, VECTOR)
+    result = run_table_backup(settings.database, TableJob("langchain_pg_embedding", tmp_path, TS, VECTOR))
 
     assert result["success"] is False
     assert "cannot connect to someone@127.0.0.1:1/nowhere" in result["error"]

@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from common.compression import open_binary
+from common.compression import decompressing
 from common.config import load_settings
 from common.exceptions import BackupFailedError, RunEndedError, TruncateRefusedError
 from common.run_steps import truncate_after_backup
@@ -270,8 +270,8 @@ def test_no_password_reaches_results_logs_files_or_the_result_backend(store, tas
     for path in task_root.rglob("*"):
         if path.is_file():
             # Other tests leave compressed sets in the shared root: read what they hold.
-            with open_binary(path) as content:
-                assert password.encode() not in content.read(), path
+            with open(path, "rb") as raw:
+                assert password.encode() not in decompressing(raw, path.name).read(), path
     backend = redis.Redis.from_url(services["CELERY_RESULT_BACKEND"])
     for key in backend.scan_iter():
         if backend.type(key) == b"string":

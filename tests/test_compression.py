@@ -12,6 +12,7 @@ import zstandard
 
 from common.backup import backup_table
 from common.config import VectorTableManagement
+from common.table_job import TableJob
 from tasks.pipeline import enqueue_vector_management, run_record, run_result
 from tests.processes import worker_cli
 from worker.api import create_app
@@ -28,14 +29,13 @@ def test_a_compressed_backup_holds_exactly_the_plain_csv(store, tmp_path, compre
     add_awkward_rows(store.conn, store.kind, store.collection_id)
     add_bulk_rows(store.conn, store.kind, store.collection_id, 3_000)
     plain = backup_table(
-        store.conn, "langchain_pg_embedding", tmp_path / "plain", TS, VectorTableManagement()
+        store.conn, TableJob("langchain_pg_embedding", tmp_path / "plain", TS, VectorTableManagement())
     )
     packed = backup_table(
         store.conn,
-        "langchain_pg_embedding",
-        tmp_path / "packed",
-        TS,
-        VectorTableManagement(compression=compression),
+        TableJob(
+            "langchain_pg_embedding", tmp_path / "packed", TS, VectorTableManagement(compression=compression)
+        ),
     )
 
     data = (tmp_path / "packed" / packed["backup_file"]).read_bytes()

@@ -15,9 +15,10 @@ import resource, sys
 from pathlib import Path
 import psycopg2
 from common.backup import backup_table
+from common.table_job import TableJob
 from common.config import VectorTableManagement
 conn = psycopg2.connect(sys.argv[1])
-result = backup_table(conn, sys.argv[2], Path(sys.argv[3]), "ts", VectorTableManagement())
+result = backup_table(conn, TableJob(sys.argv[2], Path(sys.argv[3]), "ts", VectorTableManagement()))
 print(result["file_size_bytes"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
@@ -62,11 +63,12 @@ import resource, signal, sys
 from pathlib import Path
 import psycopg2
 from common.backup import run_table_backup
+from common.table_job import TableJob
 from common.config import VectorTableManagement, load_settings
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 target = load_settings().database
-result = run_table_backup(target, sys.argv[1], Path(sys.argv[2]), "ts", VectorTableManagement())
+result = run_table_backup(target, TableJob(sys.argv[1], Path(sys.argv[2]), "ts", VectorTableManagement()))
 print(result.get("error", "no error"))
 """
 

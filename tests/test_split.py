@@ -11,6 +11,7 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import io
 import os
 import re
 import threading
@@ -22,12 +23,15 @@ import psutil
 import pytest
 import redis
 
-from common import split
 from common.backup import backup_table
-from common.compression import open_text
+from common.compression import decompressing
 from common.config import load_settings
 from common.manifest import verify_set
-from common.split import SplitBoard, SplitJob, holder_chunks, merge_parts, remove_parts
+from common.split import SplitBoard, SplitJob, SplitPlan, holder_chunks, merge_parts, remove_parts
+from common.split import helper as split_helper
+from common.split import job as split_job
+from common.storage import open_storage
+from common.table_job import TableJob
 from tests.test_faults import final_state, send_truncate_run, worker_env
 from tests.test_processes import isolated
 from tests.test_worker_killed import start_worker, stop
@@ -52,16 +56,18 @@ def make_job(
     client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
     board = SplitBoard(client, run_id, EMBEDDING, who)
     target = load_settings().database
-    return SplitJob(target, board, EMBEDDING, directory, TS, vector, on_progress, inner_helper=inner_helper)
+    return SplitJob(
+        target, board, TableJob(EMBEDDING, directory, TS, vector, on_progress), inner_helper=inner_helper
+    )
 
 
 def records(path: Path) -> list[list[str]]:
-    with open_text(path) as f:
+    with open(path, "rb") as raw, io.TextIOWrapper(decompressing(raw, path.name), "utf-8", newline="") as f:
         return list(csv.reader(f))
 
 
 def assert_rows_of_a_single_stream(conn, split_file: Path, directory: Path, vector) -> None:
-    single = backup_table(conn, EMBEDDING, directory, TS, vector)
+    single = backup_table(conn, TableJob(EMBEDDING, directory, TS, vector))
     assert sorted(records(split_file)[1:]) == sorted(records(directory / single["backup_file"])[1:])
 
 
@@ -114,7 +120,7 @@ def holder_waiting_for_a_helper(services, directory, run_id, vector):
     def hold_on(progress):
         if not waited:
             waited.append(True)
-            key = holder.board.key(1, "claim", holder.board.plan()["helpers_from"])
+            key = holder.board.key(1, "claim", holder.board.plan().helpers_from)
             wait_for(lambda: client.exists(key))
 
     client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
@@ -134,7 +140,7 @@ def test_a_split_backup_is_one_file_equal_row_for_row_to_a_single_stream_backup(
         helped = make_job(services, tmp_path / "split", run_id, "task-b", vector).run()
         holder_thread.join(60)
     [table] = merge_parts([held[0], helped])
-    single = backup_table(filled.conn, EMBEDDING, tmp_path / "single", TS, vector)
+    single = backup_table(filled.conn, TableJob(EMBEDDING, tmp_path / "single", TS, vector))
 
     assert table["success"] and not table.get("part"), table
     assert helped["part"] and helped["success"] and helped["row_count"] > 0, helped
@@ -158,7 +164,7 @@ def test_one_pool_process_does_the_whole_table_alone_and_later_tasks_have_nothin
     first = make_job(services, tmp_path, run_id, "task-a", vector).run()
     later = [make_job(services, tmp_path, run_id, f"task-{n}", vector).run() for n in "bc"]
 
-    assert first["success"] and not first.get("part")
+    assert first["success"] and not first.get("part"), first
     assert first["row_count"] == count_rows(filled.conn, EMBEDDING)
     assert all(p["part"] and p["success"] and p["row_count"] == 0 for p in later), later
     assert merge_parts([*later, first]) == [first]
@@ -169,14 +175,14 @@ def test_a_holder_appending_parts_copies_ranges_from_a_thread_of_its_own_meanwhi
 ):
     vector, run_id = split_settings(compression="zstd"), uuid.uuid4().hex
     seen, reports = [], []
-    end_snapshot = split.end_snapshot
+    end_snapshot = split_helper.end_snapshot
 
     def late_end(conn):  # the thread, done with its chunks, lags behind the holder's last report
         if threading.current_thread().name == "split-inner":
             time.sleep(2)
         end_snapshot(conn)
 
-    monkeypatch.setattr(split, "end_snapshot", late_end)
+    monkeypatch.setattr(split_helper, "end_snapshot", late_end)
 
     def first_report(progress):
         if not seen:  # the holder stands still here; only its own helper thread can write parts
@@ -206,7 +212,7 @@ def test_a_failed_chunk_fails_the_table_and_leaves_nothing(filled, services, tmp
     [table] = merge_parts([helped, held[0]])
 
     plan = SplitBoard(redis.Redis.from_url(services["CELERY_BROKER_URL"]), run_id, EMBEDDING, "").plan()
-    chunk, chunks = plan["helpers_from"] + 1, len(plan["ranges"])
+    chunk, chunks = plan.helpers_from + 1, len(plan.ranges)
     message = f"{EMBEDDING}: chunk {chunk} of {chunks} failed: [Errno 28] No space left on device"
     assert not helped["success"] and message in helped["error"]
     assert not table["success"] and message in table["error"] and not table["part"], table
@@ -228,7 +234,7 @@ def test_a_dead_helpers_range_is_copied_by_the_holder(filled, services, tmp_path
     last = []
 
     def a_helper_claims_the_last_range_and_dies(progress):
-        last.append(len(ghost.plan()["ranges"]) - 1)
+        last.append(len(ghost.plan().ranges) - 1)
         if ghost.claim(1, last[0]):
             client.delete(ghost.key(1, "alive", last[0]))  # no heartbeat: its process is gone
 
@@ -252,9 +258,9 @@ def test_a_helper_that_dies_after_appending_leaves_none_of_its_rows_in_the_file(
 
     def a_helper_appends_two_rows_and_dies(progress):
         plan = ghost.plan()
-        last = len(plan["ranges"]) - 1
-        if plan["attempt"] == 1 and ghost.claim(1, last):
-            fd = holder._shared_file(plan)  # opened as a helper opens it
+        last = len(plan.ranges) - 1
+        if plan.attempt == 1 and ghost.claim(1, last):
+            fd = holder._helper.shared_file(plan)  # opened as a helper opens it
             os.write(fd, b"ghost row one\nghost row two\n")
             os.close(fd)
             client.delete(ghost.key(1, "alive", last))
@@ -276,7 +282,7 @@ def test_bytes_appended_by_anyone_but_the_copiers_fail_the_table(filled, service
 
     def a_stranger_appends(progress):
         if not appended:
-            fd = holder._shared_file(holder.board.plan())
+            fd = holder._helper.shared_file(holder.board.plan())
             appended.append(os.write(fd, b"stray,row\n"))
             os.close(fd)
 
@@ -295,20 +301,23 @@ def test_a_helper_appends_only_to_the_file_of_the_attempt_whose_snapshot_it_join
     temp.write_bytes(b"header\n")
     other = tmp_path / "other"
     other.write_bytes(b"")
-    plan = {"attempt": helper.board.new_attempt(), "file": [temp.stat().st_dev, temp.stat().st_ino]}
+    stat = temp.stat()
+    plan = SplitPlan(helper.board.new_attempt(), None, [(0, None)], 1, None, [stat.st_dev, stat.st_ino])
+    shared_file = helper._helper.shared_file
 
-    fd = helper._shared_file(plan)
+    fd = shared_file(plan)
     assert fd is not None
     os.close(fd)
-    assert helper._shared_file({**plan, "file": [other.stat().st_dev, other.stat().st_ino]}) is None
+    assert shared_file(plan.sharing([other.stat().st_dev, other.stat().st_ino])) is None
     helper.board.new_attempt()  # a later attempt may have put its own file under the name
-    assert helper._shared_file(plan) is None
+    assert shared_file(plan) is None
     temp.unlink()
-    assert helper._shared_file({**plan, "attempt": helper.board.attempt()}) is None
+    assert shared_file(dataclasses.replace(plan, attempt=helper.board.attempt())) is None
 
 
 def test_on_a_network_filesystem_the_helpers_write_part_files(filled, services, tmp_path, monkeypatch):
-    monkeypatch.setattr(split, "appends_safely", lambda directory: False)
+    for module in (split_helper, split_job):
+        monkeypatch.setattr(module, "appends_safely", lambda directory: False)
     vector, run_id = split_settings(), uuid.uuid4().hex
     with watching_for_parts(tmp_path) as parts:
         holder_thread, held = holder_waiting_for_a_helper(services, tmp_path, run_id, vector)
@@ -324,7 +333,8 @@ def test_on_a_network_filesystem_the_helpers_write_part_files(filled, services, 
 def test_a_helper_that_sees_the_file_on_a_network_filesystem_leaves_the_ranges_to_the_holder(
     filled, services, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(split, "appends_safely", lambda d: threading.current_thread().name != "remote")
+    for module in (split_helper, split_job):
+        monkeypatch.setattr(module, "appends_safely", lambda d: threading.current_thread().name != "remote")
     vector, run_id = split_settings(), uuid.uuid4().hex
     helped = []
 
@@ -359,7 +369,7 @@ def test_a_redelivered_holder_starts_a_new_attempt_and_finishes(filled, services
     assert helper["part"] and helper["row_count"] == 0
     # The dead attempt's parts are never appended; closing the set (the chord body) drops them.
     assert all(".part1-" in p.name for p in tmp_path.iterdir() if p.name != again["backup_file"])
-    remove_parts(tmp_path, TS, vector.backup_temp_suffix)
+    remove_parts(open_storage(tmp_path), TS, vector.backup_temp_suffix)
     assert sorted(p.name for p in tmp_path.iterdir()) == [again["backup_file"]]
 
 

@@ -20,7 +20,7 @@ from flask import Flask, Response, jsonify, request, send_file, url_for
 from kombu.exceptions import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from common.catalog import find_set, list_sets, set_file
+from common.catalog import find_set, list_sets, open_set_file
 from common.config import ApiSettings, Settings, load_api_settings, load_settings
 from common.db import connect
 from common.exceptions import ConfigurationError, DatabaseUnavailableError, RunNotCancellable, VerifyError
@@ -276,20 +276,23 @@ def create_app(
     @web.get(f"{PREFIX}/backups/<set_name>")
     def backup_set(set_name: str):
         try:
-            path, manifest = find_set(settings, set_name)
+            ref, manifest = find_set(settings, set_name)
         except VerifyError as exc:
             return reply(envelope.not_found_response(str(exc)[:300]))
         return reply(
-            envelope.success_response({"response": path.name, "set": set_name, "manifest": manifest})
+            envelope.success_response({"response": ref.manifest, "set": set_name, "manifest": manifest})
         )
 
     @web.get(f"{PREFIX}/backups/<set_name>/files/<file_name>")
     def download(set_name: str, file_name: str):
         try:
-            path = set_file(settings, set_name, file_name)
+            opened, size = open_set_file(settings, set_name, file_name)
         except VerifyError as exc:
             return reply(envelope.not_found_response(str(exc)[:300]))
-        return send_file(path, as_attachment=True, download_name=path.name, conditional=True)
+        # The file that was checked and opened is the one sent, from any storage.
+        sent = send_file(opened, as_attachment=True, download_name=file_name, etag=False, conditional=False)
+        sent.content_length = size
+        return sent.make_conditional(request, accept_ranges=True, complete_length=size)
 
     @web.get("/api/v0/openapi.json")
     def openapi():

@@ -1,0 +1,35 @@
+"""File formats of a backup set: how a table's rows are written, counted and read back.
+
+A format is a module here named for it (`csv`), exposing `FORMAT`, an object with:
+
+- `name`, `extension` (before any compression suffix);
+- `copy_to(source, header)`: the `COPY ... TO STDOUT` that writes it, and
+  `header_records`: how many of COPY's messages come before the first row;
+- `copy_from(table, columns)`: the `COPY ... FROM STDIN` that reads it back;
+- `header(stream)` and `scan(stream, id_column)`: its column names, and its row count and
+  the distinct values of one column, from the decompressed bytes; `errors`: what a
+  malformed file raises while being read.
+
+Adding a format is adding its module and allowing its name in `VECTOR_BACKUP_FORMAT`
+(`common.config`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Any
+
+from common.exceptions import ConfigurationError
+
+DEFAULT = "csv"
+
+
+def file_format(name: str) -> Any:
+    """The format called `name`; `ConfigurationError` if there is none."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", name or ""):
+        raise ConfigurationError(f"no backup file format called {str(name)[:40]!r}")
+    try:
+        return importlib.import_module(f"{__name__}.{name}").FORMAT
+    except (ModuleNotFoundError, AttributeError):
+        raise ConfigurationError(f"no backup file format called {name!r}") from None

@@ -1,0 +1,185 @@
+"""The holder: the task that owns the snapshot and the table's file, and joins the ranges."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
+
+from common.copier import CountingWriter, Report, copy_rows, header_query, not_hashed
+from common.exceptions import BackupError
+from common.shared_file import TailHasher, append_from, identity
+from common.split.board import SplitBoard
+from common.split.plan import SplitPlan, make_plan
+
+READ_BLOCK = 1 << 20
+
+
+class HelperLost(BackupError):
+    """A helper appending to the table's file stopped beating. Which of the file's blocks
+    are its own cannot be told, so the file is dropped and the holder starts over."""
+
+
+class HolderWriter(CountingWriter):
+    """A `CountingWriter` that also takes in rows other processes copied."""
+
+    def __init__(self, out: BinaryIO, every: int, report: Report, header_records: int) -> None:
+        super().__init__(out, every, report, header_records)
+        self.appended = 0  # of `bytes`, what other processes copied
+
+    @property
+    def own_bytes(self) -> int:
+        return self.bytes - self.appended
+
+    def hash_elsewhere(self) -> None:
+        """Rows are no longer hashed here: they go to a file other processes append to
+        (`common.shared_file`), which is hashed whole, and its owner sets `sha256`."""
+        self._hash = not_hashed
+
+    def count_shared(self, size: int) -> None:
+        """Another writer's finished chunk of the shared file; a progress report follows."""
+        self.bytes += size
+        self.appended += size
+        self._report(self.rows, self.own_bytes)
+
+    def append_file(self, path: Path) -> None:
+        """Rows another process copied and counted (a part file), appended in order; a
+        progress report follows, as the holder may have been waiting for it."""
+        with open(path, "rb") as part:
+            while block := part.read(READ_BLOCK):
+                self._write(block)
+                self._hash(block)
+                self.bytes += len(block)
+                self.appended += len(block)
+        self._report(self.rows, self.own_bytes)
+
+
+class Holder:
+    """The holder's `Copier`.
+
+    `direct`: every copier appends its rows to the table's file itself
+    (`common.shared_file`); otherwise (a compressed file, one stream through one
+    compressor) helpers write part files that the holder appends in range order.
+    `on_plan` starts the holder's own helper thread once the plan is out.
+    """
+
+    step = "copying in chunks"
+
+    def __init__(
+        self,
+        board: SplitBoard,
+        attempt: int,
+        workers: int,
+        min_bytes: int,
+        *,
+        part: Callable[[int, int], Path],
+        direct: bool,
+        fmt: Any,
+        on_plan: Callable[[SplitPlan], None] | None = None,
+    ) -> None:
+        self.board, self.attempt, self.workers, self.min_bytes = board, attempt, workers, min_bytes
+        self.part, self.direct, self.on_plan, self.fmt = part, direct, on_plan, fmt
+
+    def writer(self, sink: BinaryIO, every: int, report: Report, header_records: int) -> HolderWriter:
+        return HolderWriter(sink, every, report, header_records)
+
+    def copy(self, conn: Connection, table: str, whole: sql.Composed, writer: HolderWriter) -> int:
+        copiers = self.workers + (self.on_plan is not None)
+        plan = make_plan(conn, table, self.attempt, self.workers, self.min_bytes, copiers, self.direct)
+        if plan.chunks == 1:
+            self.board.publish(plan)  # helpers arriving now have nothing to do
+            return copy_rows(conn, table, whole, writer, header=True)
+
+        def copy(chunk: int) -> int:
+            return copy_rows(conn, table, plan.query(table, chunk, self.fmt), writer, header=False)
+
+        if not self.direct:
+            rows = copy_rows(conn, table, header_query(table, self.fmt), writer, header=True)
+            self._publish(plan)
+            return rows + copy(0) + self._join_parts(plan, copy, writer.append_file)
+        return self._copy_direct(conn, table, plan, copy, writer)
+
+    def _copy_direct(self, conn: Connection, table: str, plan: SplitPlan, copy, writer: HolderWriter) -> int:
+        out = writer.out  # the table's file, written whole rows at a time (`appender`)
+        out.flush()
+        append_from(out.fileno())
+        writer.hash_elsewhere()
+        tail = TailHasher(out.fileno())
+        try:
+            rows = copy_rows(conn, table, header_query(table, self.fmt), writer, header=True)
+            out.flush()  # the header first, before any helper may append
+            self._publish(plan.sharing(identity(out.fileno())))
+            rows += self._join_direct(plan, copy, out.flush, writer.count_shared)
+            writer.sha256 = tail.finish()
+        finally:
+            tail.stop()
+        if tail.size != writer.bytes:
+            raise BackupError(f"{table}: the file holds {tail.size} bytes, its chunks wrote {writer.bytes}")
+        return rows
+
+    def _publish(self, plan: SplitPlan) -> None:
+        self.board.publish(plan)
+        if self.on_plan is not None:
+            self.on_plan(plan)
+
+    def _join_direct(
+        self, plan: SplitPlan, copy: Callable[[int], int], flush: Callable[[], None], count_shared
+    ) -> int:
+        """Copy every range nobody has claimed (in any order: the file does not keep one),
+        then wait for the helpers' ranges."""
+        rows, mine = copy(0), {0}
+        for chunk in range(1, plan.chunks):
+            if self.board.claim(self.attempt, chunk):
+                rows += copy(chunk)
+                mine.add(chunk)
+        flush()
+        self.board.close(self.attempt)
+        for chunk in range(plan.chunks):
+            if chunk in mine:
+                continue
+            outcome = self._wait_for(chunk)
+            if outcome is None:
+                raise HelperLost(f"the helper copying chunk {chunk + 1} of {plan.chunks} stopped")
+            count_shared(outcome["bytes"])
+            rows += outcome["rows"]
+        return rows
+
+    def _join_parts(
+        self, plan: SplitPlan, copy: Callable[[int], int], append_file: Callable[[Path], None]
+    ) -> int:
+        """Every range after the first, in order: copied here when nobody has claimed it,
+        else appended from the part file of the helper that did."""
+        rows = 0
+        for chunk in range(1, plan.chunks):
+            if self.board.claim(self.attempt, chunk):
+                rows += copy(chunk)
+                continue
+            outcome = self._wait_for(chunk)
+            if outcome is None:  # its part file is never read: the snapshot is still ours
+                rows += copy(chunk)
+                continue
+            part = self.part(self.attempt, chunk)
+            append_file(part)
+            part.unlink()
+            rows += outcome["rows"]
+        self.board.close(self.attempt)
+        return rows
+
+    def _wait_for(self, chunk: int) -> dict[str, Any] | None:
+        """The outcome of a range a helper claimed; None if the helper is gone."""
+        board, attempt = self.board, self.attempt
+        while (outcome := board.outcome(attempt, chunk)) is None:
+            if not board.alive(attempt, chunk):
+                # A helper finishing writes its outcome and drops its heartbeat at once,
+                # so with neither, its process is gone.
+                outcome = board.outcome(attempt, chunk)
+                if outcome is None:
+                    return None
+                break
+            board.wait_for_finish(attempt, timeout=1.0)
+        if "error" in outcome:
+            raise BackupError(outcome["error"])
+        return outcome

@@ -1,0 +1,81 @@
+"""A backup directory on a local (or mounted) filesystem."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat as stat_mode
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from common.atomic import atomic_output
+from common.storage import FileInfo, UnsafeFile, plain_name
+
+
+class LocalDirectory:
+    def __init__(self, root: Path, temp_suffix: str = ".tmp") -> None:
+        self.root, self.temp_suffix = Path(root), temp_suffix
+
+    def __repr__(self) -> str:
+        return f"LocalDirectory({str(self.root)!r})"
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    @property
+    def local_root(self) -> Path:
+        return self.root
+
+    def path(self, name: str) -> Path:
+        return self.root / plain_name(name)
+
+    @contextlib.contextmanager
+    def writer(self, name: str, replace: bool = False) -> Iterator[BinaryIO]:
+        """`common.atomic`: temp file, fsync, rename, fsync of the directory."""
+        path = self.path(name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path, self.temp_suffix, replace=replace) as out:
+            yield out
+
+    def open(self, name: str) -> BinaryIO:
+        """Opened without following a link, then checked: the bytes read are those of
+        the regular file that was there when it was opened, however the directory changes."""
+        fd = os.open(self.path(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        if not stat_mode.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafeFile(f"{name} is not a regular file")
+        return os.fdopen(fd, "rb", buffering=0)
+
+    def stat(self, name: str) -> FileInfo | None:
+        try:
+            st = os.lstat(self.path(name))
+        except FileNotFoundError:
+            return None
+        if stat_mode.S_ISLNK(st.st_mode):
+            raise UnsafeFile(f"{name} is a symbolic link, which is never followed")
+        if not stat_mode.S_ISREG(st.st_mode):
+            raise UnsafeFile(f"{name} is not a regular file")
+        return FileInfo(st.st_size, st.st_mtime)
+
+    def exists(self, name: str) -> bool:
+        return os.path.lexists(self.path(name))
+
+    def names(self, pattern: str = "*") -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.glob(pattern) if p.is_file() and not p.is_symlink())
+
+    def delete(self, name: str) -> None:
+        self.path(name).unlink(missing_ok=True)
+
+    def append_text(self, name: str, text: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        with open(fd, "a", encoding="utf-8") as log:
+            log.write(text)
+
+
+def open_location(location: str, temp_suffix: str = ".tmp") -> LocalDirectory:
+    return LocalDirectory(Path(location), temp_suffix)
