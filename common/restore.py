@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import psycopg2
 from psycopg2 import sql
@@ -48,77 +48,28 @@ def restore_set(
         raise RestoreError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     started = time.time()
     settings = settings or load_settings()
-    configured = settings.vector.supported_tables
     ref = locate(path, settings.vector.backup_temp_suffix)
     # COPY parses the rows and each file is hashed as COPY reads it: counts and sha256
     # are compared below, before anything commits, so each file is read once.
     manifest = verify_set(ref, deep=False, signing_key=settings.signing_key, hash_files=False)
-    listed = set(manifest["tables"])
-    if listed != set(configured):
-        extra = sorted(listed - set(configured))
-        absent = sorted(set(configured) - listed)
-        raise RestoreError(
-            f"{ref.manifest} lists {', '.join(map(repr, extra)) or 'no other table'} beyond "
-            f"VECTOR_SUPPORTED_TABLES and lacks {', '.join(absent) or 'none of them'}; restore only "
-            "ever touches the configured tables; nothing was restored"
-        )
-    tables = {table: manifest["tables"][table] for table in configured}
-    restored: dict[str, int] = {}
-    created: list[str] = []
-    current = "the extension"
+    tables = _configured_tables(ref, manifest, settings.vector.supported_tables)
+    step = _Step("the extension")
     conn.autocommit = False
     try:
         with conn.cursor() as cur:
             cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            deferred = []  # keys and indexes of created tables, built after the load
-            foreign_keys = []  # then their foreign keys, once every key they reference exists
-            for current, entry in tables.items():
-                cur.execute("SELECT to_regclass(%s)", (table_identifier(current).as_string(conn),))
-                if cur.fetchone()[0] is None:
-                    if manifest["format_version"] < 2 or "schema" not in entry:
-                        raise RestoreError(
-                            f"{current}: missing, and this format {manifest['format_version']} manifest "
-                            "describes it only as SQL text, which restore never runs; create the table, "
-                            "then restore into it"
-                        )
-                    try:
-                        columns = [c[0] for c in entry["columns"]]
-                        create, later, foreign = create_statements(
-                            conn, current, entry["schema"], columns, configured
-                        )
-                    except VerifyError as exc:
-                        raise RestoreError(f"{exc}; nothing was restored") from None
-                    cur.execute(create)
-                    deferred += later
-                    foreign_keys += foreign
-                    created.append(current)
+            created, build_later = _create_missing(conn, cur, manifest, tables, step)
             if mode == "replace":
                 # Referencing tables first, so no foreign key objects to the order.
-                for current in reversed(tables):
-                    cur.execute(sql.SQL("DELETE FROM {}").format(table_identifier(current)))
-            for current, entry in tables.items():
-                fmt = file_format(entry.get("format", DEFAULT_FORMAT))  # checked by verify_set
-                copy = fmt.copy_from(table_identifier(current), [c[0] for c in entry["columns"]])
-                # The file is read once, hashed as COPY reads it: a file swapped after the
-                # verification above is caught here, before anything commits.
-                with ref.storage.open(entry["file"]) as raw:
-                    data, hashed = open_checked(raw, entry["file"])
-                    cur.copy_expert(copy, data, size=COPY_CHUNK)
-                    digest, size = hashed.finish()
-                if (digest, size) != (entry["sha256"], entry["bytes"]):
-                    raise RestoreError(
-                        f"{current}: {entry['file']} does not match its sha256 (changed or damaged); "
-                        "nothing was restored"
-                    )
-                if cur.rowcount != entry["rows"]:
-                    raise RestoreError(
-                        f"{current}: restored {cur.rowcount} rows, the manifest says {entry['rows']}"
-                    )
-                restored[current] = cur.rowcount
+                for step.now in reversed(tables):
+                    cur.execute(sql.SQL("DELETE FROM {}").format(table_identifier(step.now)))
+            restored = {}
+            for step.now, entry in tables.items():
+                restored[step.now] = _load(cur, ref, step.now, entry)
             # As pg_restore does: one bulk build per index and one validation per key is far
             # faster than maintaining them row by row; a violation still aborts everything.
-            current = "constraints and indexes"
-            for statement in deferred + foreign_keys:
+            step.now = "constraints and indexes"
+            for statement in build_later:
                 cur.execute(statement)
         conn.commit()
     except RestoreError:
@@ -126,7 +77,7 @@ def restore_set(
         raise
     except (psycopg2.Error, OSError) as exc:
         rollback_quietly(conn)
-        raise RestoreError(f"{current}: restore failed, nothing was restored: {first_line(exc)}") from exc
+        raise RestoreError(f"{step.now}: restore failed, nothing was restored: {first_line(exc)}") from exc
     finally:
         if not conn.closed:
             conn.autocommit = True
@@ -137,3 +88,72 @@ def restore_set(
         created=created,
         duration=round(time.time() - started, 3),
     )
+
+
+class _Step:
+    """What the restore is doing, for its error message."""
+
+    def __init__(self, now: str) -> None:
+        self.now = now
+
+
+def _configured_tables(ref: SetRef, manifest: dict[str, Any], configured: tuple[str, ...]) -> dict[str, Any]:
+    """The manifest's entries for exactly the configured tables, in their order."""
+    listed = set(manifest["tables"])
+    if listed != set(configured):
+        extra = sorted(listed - set(configured))
+        absent = sorted(set(configured) - listed)
+        raise RestoreError(
+            f"{ref.manifest} lists {', '.join(map(repr, extra)) or 'no other table'} beyond "
+            f"VECTOR_SUPPORTED_TABLES and lacks {', '.join(absent) or 'none of them'}; restore only "
+            "ever touches the configured tables; nothing was restored"
+        )
+    return {table: manifest["tables"][table] for table in configured}
+
+
+def _create_missing(
+    conn: Connection, cur, manifest: dict[str, Any], tables: dict[str, Any], step: _Step
+) -> tuple[list[str], list[sql.Composable]]:
+    """Create the tables that do not exist; their names, and the statements to run after
+    the load (keys and indexes, then foreign keys, once every key they reference exists)."""
+    created, deferred, foreign_keys = [], [], []
+    for step.now, entry in tables.items():
+        cur.execute("SELECT to_regclass(%s)", (table_identifier(step.now).as_string(conn),))
+        if cur.fetchone()[0] is not None:
+            continue
+        if manifest["format_version"] < 2 or "schema" not in entry:
+            raise RestoreError(
+                f"{step.now}: missing, and this format {manifest['format_version']} manifest "
+                "describes it only as SQL text, which restore never runs; create the table, "
+                "then restore into it"
+            )
+        try:
+            columns = [c[0] for c in entry["columns"]]
+            create, later, foreign = create_statements(conn, step.now, entry["schema"], columns, list(tables))
+        except VerifyError as exc:
+            raise RestoreError(f"{exc}; nothing was restored") from None
+        cur.execute(create)
+        deferred += later
+        foreign_keys += foreign
+        created.append(step.now)
+    return created, deferred + foreign_keys
+
+
+def _load(cur, ref: SetRef, table: str, entry: dict[str, Any]) -> int:
+    """COPY one file into `table`; the rows loaded, checked against the manifest.
+
+    The file is read once, hashed as COPY reads it: a file swapped after the set was
+    verified is caught here, before anything commits."""
+    fmt = file_format(entry.get("format", DEFAULT_FORMAT))  # checked by verify_set
+    copy = fmt.copy_from(table_identifier(table), [c[0] for c in entry["columns"]])
+    with ref.storage.open(entry["file"]) as raw:
+        data, hashed = open_checked(raw, entry["file"])
+        cur.copy_expert(copy, data, size=COPY_CHUNK)
+        digest, size = hashed.finish()
+    if (digest, size) != (entry["sha256"], entry["bytes"]):
+        raise RestoreError(
+            f"{table}: {entry['file']} does not match its sha256 (changed or damaged); nothing was restored"
+        )
+    if cur.rowcount != entry["rows"]:
+        raise RestoreError(f"{table}: restored {cur.rowcount} rows, the manifest says {entry['rows']}")
+    return cur.rowcount
