@@ -153,29 +153,8 @@ def truncate_after_backup(
     result = VectorRunResult(**backup_result)
     preserved = [t for t in settings.vector.supported_tables if t not in settings.vector.truncate_tables]
     try:
-        # Cheap checks first; reading every file for its sha256 comes last but one, and
-        # the lock is renewed right before the truncate that needs it.
-        counts = verified_row_counts(backup_result, settings.vector.supported_tables, storage)
-        if backup_result.get("database") != settings.database.identity:
-            raise TruncateRefusedError(
-                f"the backup was taken from {backup_result.get('database')}, not from "
-                f"{settings.database.describe()}; nothing was truncated"
-            )
-        tables = backup_result["tables_backed_up"]
-        fingerprints = {t: tables[t].get("fingerprint") for t in settings.vector.truncate_tables}
-        unproven = [t for t, value in fingerprints.items() if not value]
-        if unproven:
-            raise TruncateRefusedError(
-                f"the backup of {', '.join(unproven)} was not taken for a truncate (no content "
-                "fingerprint); nothing was truncated"
-            )
-        try:
-            manifest = SetRef(storage, plain_name(str(backup_result.get("manifest") or "no manifest")))
-            verify_set(manifest, deep=False, signing_key=settings.signing_key)
-        except (VerifyError, UnsafeFile) as exc:
-            raise TruncateRefusedError(
-                f"the backup set does not verify: {exc}; nothing was truncated"
-            ) from None
+        counts, fingerprints = _proven_set(settings, storage, backup_result)
+        # The lock is renewed right before the truncate that needs it.
         if lock is not None and not lock.renew():
             raise TruncateRefusedError(
                 f"this run no longer holds the lock on {settings.database.describe()} "
@@ -210,6 +189,34 @@ def truncate_after_backup(
     result["duration"] = _since(result)
     append_truncate_block(storage, result, preserved)
     return result
+
+
+def _proven_set(
+    settings: Settings, storage: Any, backup_result: VectorRunResult
+) -> tuple[dict[str, int], dict[str, str]]:
+    """The rows per table and the content fingerprints of a set proven complete, taken
+    from this database for a truncate, and verifying; `TruncateRefusedError` otherwise.
+    Cheap checks first; reading every file for its sha256 comes last."""
+    counts = verified_row_counts(backup_result, settings.vector.supported_tables, storage)
+    if backup_result.get("database") != settings.database.identity:
+        raise TruncateRefusedError(
+            f"the backup was taken from {backup_result.get('database')}, not from "
+            f"{settings.database.describe()}; nothing was truncated"
+        )
+    tables = backup_result["tables_backed_up"]
+    fingerprints = {t: tables[t].get("fingerprint") for t in settings.vector.truncate_tables}
+    unproven = [t for t, value in fingerprints.items() if not value]
+    if unproven:
+        raise TruncateRefusedError(
+            f"the backup of {', '.join(unproven)} was not taken for a truncate (no content "
+            "fingerprint); nothing was truncated"
+        )
+    try:
+        manifest = SetRef(storage, plain_name(str(backup_result.get("manifest") or "no manifest")))
+        verify_set(manifest, deep=False, signing_key=settings.signing_key)
+    except (VerifyError, UnsafeFile) as exc:
+        raise TruncateRefusedError(f"the backup set does not verify: {exc}; nothing was truncated") from None
+    return counts, fingerprints
 
 
 def _check_deadline(result: VectorRunResult, deadline_s: float) -> None:
