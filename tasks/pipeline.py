@@ -24,10 +24,10 @@ from celery.result import AsyncResult
 from common import run_keys
 from common.config import Settings, load_settings
 from common.exceptions import ConfigurationError, RunEndedError, RunNotCancellable
+from common.redis_conn import redis_client, run_states
 from common.run_database import forget_run_database, store_run_database
 from common.run_result import VectorRunResult
 from common.run_state import FAILED, LIVE, STOPPED, SUCCEEDED, RunStates, RunStatus
-from tasks.run_guard import redis_client, run_states
 from tasks.vector_backup import build_vector_workflow, discard_run, table_results
 from worker import app
 

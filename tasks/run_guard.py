@@ -11,7 +11,6 @@ never truncates.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -24,21 +23,13 @@ from common.config import Settings
 from common.db import cancel_backends
 from common.exceptions import RunEndedError, TruncateRefusedError
 from common.periodic import Periodic
+from common.redis_conn import redis_client, run_states
 from common.run_database import forget_run_database
 from common.run_lock import RunLock
 from common.run_state import FAILED, LIVE, RUNNING, STOPPED, SUCCEEDED, RunStates
 from common.run_steps import discard_unfinished_set
 
 log = logging.getLogger(__name__)
-
-
-@functools.cache
-def redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
-
-
-def run_states(settings: Settings) -> RunStates:
-    return RunStates(redis_client(settings.runs.redis_url), settings.runs)
 
 
 def run_lock(settings: Settings, run_id: str) -> RunLock:

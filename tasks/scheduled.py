@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from common.config import load_schedules, load_settings
+from common.redis_conn import redis_client
 from common.retention import RetentionPolicy, apply_retention
 from tasks.pipeline import EnqueueResult, enqueue_vector_management, stamp_key
-from tasks.vector_backup import redis_client
 from worker import app
 
 

@@ -21,6 +21,7 @@ from celery.result import AsyncResult
 from common.backup import TableBackup
 from common.config import Settings, load_settings, validate_task_id
 from common.exceptions import BackupFailedError, RunEndedError
+from common.redis_conn import redis_client, run_states
 from common.run_database import forget_run_database, settings_for_run
 from common.run_lock import RunLock
 from common.run_result import RunRequest, VectorRunResult
@@ -28,7 +29,7 @@ from common.run_state import REDIS_PATIENCE_S, patiently
 from common.run_steps import back_up_table, close_backup_set, truncate_after_backup
 from common.sizes import format_size
 from common.split import SplitBoard
-from tasks.run_guard import leave_stopped_run, redis_client, run_lock, run_states, run_task
+from tasks.run_guard import leave_stopped_run, run_lock, run_task
 from worker import app
 
 __all__ = ["backup_table", "backup_vector_tables", "redis_client", "run_lock", "truncate_vector_tables"]

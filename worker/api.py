@@ -24,6 +24,7 @@ from common.catalog import find_set, list_sets, set_file
 from common.config import ApiSettings, Settings, load_api_settings, load_settings
 from common.db import connect
 from common.exceptions import ConfigurationError, DatabaseUnavailableError, RunNotCancellable, VerifyError
+from common.redis_conn import redis_client, run_states
 from common.run_state import STOPPED
 from tasks.pipeline import (
     cancel_run,
@@ -33,7 +34,6 @@ from tasks.pipeline import (
     run_result,
     run_status,
 )
-from tasks.run_guard import redis_client, run_states
 from worker import envelope
 from worker.api_params import ForbiddenDatabase, InvalidParams, check_db_connection, parse_backup_body
 from worker.api_views import failure, job_status, run_data, run_view, stopped_error
