@@ -28,8 +28,9 @@ from common.redis_conn import redis_client, run_states
 from common.run_database import forget_run_database, store_run_database
 from common.run_result import VectorRunResult
 from common.run_state import FAILED, LIVE, STOPPED, SUCCEEDED, RunStates, RunStatus
-from tasks.vector_backup import build_vector_workflow, discard_run, table_results
-from worker import app
+from tasks import names
+from tasks.app import app
+from tasks.workflow import build_vector_workflow, table_results
 
 # A pipeline task's run is replaced by a new one only once it failed or was stopped.
 KEEPS_CLAIM = (*LIVE, SUCCEEDED)
@@ -269,7 +270,9 @@ def cancel_run(run_id: str, settings: Settings | None = None) -> RunStatus:
         # their next beat. A worker removes what tasks that had already ended left.
         app.control.revoke(list(record["tables"]))
         if record.get("timestamp"):
-            discard_run.delay({k: record[k] for k in ("run_id", "task_id", "timestamp")})
+            app.send_task(
+                names.DISCARD_RUN, args=({k: record[k] for k in ("run_id", "task_id", "timestamp")},)
+            )
     status = states.status(run_id)
     assert status is not None
     return status
