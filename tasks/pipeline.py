@@ -24,6 +24,14 @@ from celery.result import AsyncResult
 from common import run_keys
 from common.config import Settings, load_settings
 from common.exceptions import ConfigurationError, RunEndedError, RunNotCancellable
+from common.output import (
+    NOT_RUN,
+    already_enqueued_message,
+    enqueued_message,
+    not_cancellable_message,
+    replaced_message,
+    stopped_message,
+)
 from common.redis_conn import redis_client, run_states
 from common.run_database import forget_run_database, store_run_database
 from common.run_result import VectorRunResult
@@ -34,8 +42,6 @@ from tasks.workflow import build_vector_workflow, table_results
 
 # A pipeline task's run is replaced by a new one only once it failed or was stopped.
 KEEPS_CLAIM = (*LIVE, SUCCEEDED)
-
-NOT_RUN = "vector table management: not run"
 
 
 class EnqueueResult(TypedDict):
@@ -117,7 +123,7 @@ def enqueue_vector_management(
         enqueued=True,
         backup=True,
         truncate=truncate,
-        message=f"vector table management enqueued as run {run_id}",
+        message=enqueued_message(run_id),
     )
     if task_id is not None:
         claim = claim_key(task_id, truncate, database.identity)
@@ -132,16 +138,12 @@ def enqueue_vector_management(
                 enqueued=False,
                 backup=True,
                 truncate=truncate,
-                message=f"vector table management for {task_id} was already enqueued as run "
-                f"{previous['run_id']} ({previous['state']})",
+                message=already_enqueued_message(task_id, previous),
             )
         if previous is not None:
             states.supersede(previous["run_id"], run_id)
             answer.update(previous_run_id=previous["run_id"], previous_state=previous["state"])
-            answer["message"] = (
-                f"previous run {previous['run_id']} of {task_id} was {previous['state']}; "
-                f"vector table management enqueued as run {run_id}"
-            )
+            answer["message"] = replaced_message(task_id, previous, run_id)
     try:
         workflow.apply_async()
     except Exception as exc:
@@ -242,11 +244,6 @@ def recent_runs(limit: int = 20, settings: Settings | None = None) -> list[RunSt
     return run_states(settings or load_settings()).recent(limit)
 
 
-def stopped_message(status: RunStatus) -> str:
-    reason = f": {status['reason']}" if status.get("reason") else ""
-    return f"run {status['run_id']} was {status['state']}{reason}"
-
-
 def cancel_run(run_id: str, settings: Settings | None = None) -> RunStatus:
     """Cancel a queued or running run: its state becomes cancelled at once, its database
     lock is freed, its queued tasks are revoked, and its running tasks stop their COPYs at
@@ -259,11 +256,8 @@ def cancel_run(run_id: str, settings: Settings | None = None) -> RunStatus:
     outcome = states.cancel(run_id, "cancelled on request")
     if outcome == "missing":
         raise ConfigurationError(f"unknown run {run_id} (never sent, or expired)")
-    if outcome == "truncating":
-        raise RunNotCancellable(f"run {run_id} is truncating and can no longer be cancelled")
     if outcome != "ok":
-        ended_as = ENDED_AS.get(outcome, "ended")
-        raise RunNotCancellable(f"run {run_id} has already {ended_as}; nothing to cancel")
+        raise RunNotCancellable(not_cancellable_message(run_id, outcome))
     record = run_record(run_id, settings)
     if record is not None:
         # Tasks not yet started are dropped by the workers; those running see the state at
@@ -276,11 +270,3 @@ def cancel_run(run_id: str, settings: Settings | None = None) -> RunStatus:
     status = states.status(run_id)
     assert status is not None
     return status
-
-
-ENDED_AS = {
-    "succeeded": "succeeded",
-    "failed": "failed",
-    "cancelled": "been cancelled",
-    "abandoned": "been abandoned",
-}

@@ -22,6 +22,7 @@ from celery.exceptions import Retry
 from common.config import Settings
 from common.db import cancel_backends
 from common.exceptions import RunEndedError, TruncateRefusedError
+from common.output import task_skipped_message
 from common.periodic import Periodic
 from common.redis_conn import redis_client, run_states
 from common.run_database import forget_run_database
@@ -80,8 +81,7 @@ class RunTask:
 
 def ended(states: RunStates, run_id: str, state: str) -> RunEndedError:
     status = states.status(run_id) or {}
-    reason = status.get("reason")
-    return RunEndedError(f"run {run_id} is {state}{f': {reason}' if reason else ''}; this task did nothing")
+    return RunEndedError(task_skipped_message(run_id, state, status.get("reason")))
 
 
 @contextlib.contextmanager

@@ -15,13 +15,13 @@ import redis
 from common.backup import TableBackup
 from common.config import Settings, load_settings
 from common.exceptions import BackupFailedError, RunEndedError
+from common.output import progress_line
 from common.redis_conn import redis_client, run_states
 from common.run_database import forget_run_database, settings_for_run
 from common.run_lock import RunLock
 from common.run_result import RunRequest, VectorRunResult
 from common.run_state import REDIS_PATIENCE_S, patiently
 from common.run_steps import back_up_table, close_backup_set, truncate_after_backup
-from common.sizes import format_size
 from common.split import SplitBoard
 from tasks import names
 from tasks.app import app
@@ -100,16 +100,6 @@ def _back_up(self, settings: Settings, table: str, request: RunRequest, split: b
     result = back_up_table(settings, request, table, on_progress=report, lock=lock, board=board)
     task.check()  # a copy stopped by a cancel is the run's end, not this table's failure
     return result
-
-
-def progress_line(progress: dict) -> str:
-    """`langchain_pg_embedding: copying 50,000 of ~150,000 rows (33.3%), 30.1 MB`."""
-    total = f" of ~{progress['total_estimate']:,}" if progress.get("total_estimate") else ""
-    percent = f" ({progress['percent']:.1f}%)" if progress.get("percent") is not None else ""
-    return (
-        f"{progress['table']}: {progress['step']} {progress['rows']:,}{total} rows{percent}, "
-        f"{format_size(progress['bytes'])}"
-    )
 
 
 @app.task(name=names.BACKUP_SET, bind=True, throws=(RunEndedError,))

@@ -15,7 +15,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from common.db import DatabaseTarget
+from common import output
 from common.exceptions import RunFailedError, VectorBackupError
 from common.sizes import format_size
 
@@ -92,7 +92,7 @@ def run(
     console.print(answer["message"], soft_wrap=True)
     if not wait:
         click.echo(answer["run_id"])
-        console.print(f"follow it with: python -m worker follow {answer['run_id']}")
+        console.print(output.follow_hint(answer["run_id"]))
         return
     joined = not answer["enqueued"]
     code, state = follow_run(answer["run_id"], timeout, as_json, may_rejoin=joined)
@@ -133,8 +133,8 @@ def cancel(run_id):
     except RunNotCancellable as exc:
         click.echo(f"✗ {exc}")
         sys.exit(1)
-    click.echo(f"✓ run {run_id} cancelled; its running tasks stop within a few seconds")
-    click.echo(status_line(status))
+    click.echo(output.cancelled_message(run_id))
+    click.echo(output.status_line(status))
 
 
 @cli.command()
@@ -152,31 +152,7 @@ def runs(limit, as_json):
         click.echo("no runs recorded")
         return
     for status in found:
-        click.echo(status_line(status))
-
-
-def status_line(status: dict) -> str:
-    """`<run id>  <task id>  <database>  <state>  started ...  heartbeat ...  <tables>`, one line,
-    then the reason, if any, on the next."""
-    db = status.get("database") or {}
-    where = DatabaseTarget.from_parts(**db).describe() if db else "-"
-    started = _when(status.get("started_at"))
-    beat = _when(status.get("heartbeat_at"))
-    tables = "; ".join(
-        f"{name}: {info['rows']:,} rows" if info.get("success") else f"{name}: FAILED"
-        for name, info in (status.get("tables") or {}).items()
-    )
-    line = (
-        f"{status['run_id']}  {status.get('task_id') or '-'}  {where}  {status['state']}  "
-        f"started {started}  heartbeat {beat}  {tables or '-'}"
-    )
-    return line + (f"\n    {status['reason']}" if status.get("reason") else "")
-
-
-def _when(moment: float | None) -> str:
-    if not moment:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+        click.echo(output.status_line(status))
 
 
 @cli.command()
@@ -197,11 +173,7 @@ def verify(path):
     except VectorBackupError as exc:
         click.echo(f"✗ {exc}")
         sys.exit(1)
-    for table, entry in manifest["tables"].items():
-        click.echo(
-            f"✓ {table}: {entry['rows']:,} rows, {format_size(entry['bytes'])}, sha256 ok -> {entry['file']}"
-        )
-    click.echo(f"✓ {manifest_path.name} verifies")
+    click.echo("\n".join(output.verified_lines(manifest, manifest_path)))
 
 
 @cli.command()
@@ -236,10 +208,7 @@ def restore(path, db_connection, mode):
     except VectorBackupError as exc:
         click.echo(f"✗ restore refused or failed, nothing was written: {exc}")
         sys.exit(1)
-    for table, rows in done["tables"].items():
-        made = " (table created)" if table in done["created"] else ""
-        click.echo(f"✓ {table}: {rows:,} rows restored{made}")
-    click.echo(f"✓ {done['manifest']} restored into {target.describe()} ({mode}) in {done['duration']:.1f}s")
+    click.echo("\n".join(output.restored_lines(done, target, mode)))
 
 
 @cli.command()
@@ -269,7 +238,7 @@ def follow_run(
     """Follow the run to its end: (exit status, the run's recorded state). With
     `may_rejoin`, an abandoned run is only noted: the caller sends a new one."""
     from common.run_state import STOPPED
-    from tasks.pipeline import run_record, run_result, run_status, stopped_message
+    from tasks.pipeline import run_record, run_result, run_status
     from tasks.progress import table_states
 
     record = run_record(run_id)
@@ -295,14 +264,12 @@ def follow_run(
             if status is not None and status["state"] in STOPPED:
                 # A dead run's last task never reports: its state says so within the window.
                 if may_rejoin and status["state"] == "abandoned":
-                    console.print(stopped_message(status), soft_wrap=True)
+                    console.print(output.stopped_message(status), soft_wrap=True)
                 else:
-                    report(None, stopped_message(status), as_json)
+                    report(None, output.stopped_message(status), as_json)
                 return 1, status["state"]
             if time.monotonic() > deadline:
-                console.print(
-                    f"still running after {timeout:g}s; follow it with: python -m worker follow {run_id}"
-                )
+                console.print(output.still_running_message(run_id, timeout))
                 return 1, None
             for table, state in table_states(record).items():
                 update_bar(progress, bars[table], state)
@@ -317,7 +284,7 @@ def follow_run(
         report(exc.result, str(exc), as_json)
         return 1, state
     except (VectorBackupError, CeleryTimeout, Exception) as exc:  # noqa: BLE001 - any failure is reported
-        message = stopped_message(status) if status is not None and state in STOPPED else None
+        message = output.stopped_message(status) if status is not None and state in STOPPED else None
         report(None, message or f"{type(exc).__name__}: {exc}", as_json)
         return 1, state
     report(stats, None, as_json)
@@ -347,39 +314,4 @@ def report(stats: dict | None, error: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"vector_management_stats": stats, "error": error}, ensure_ascii=False))
         return
-    click.echo(summary_text(stats, error))
-
-
-def summary_text(stats: dict | None, error: str | None) -> str:
-    if stats is None and error is None:
-        return "vector table management: not run"
-    lines = ["===== Vector table management ====="]
-    if error:
-        lines.append(f"✗ run failed: {error}")
-    if stats:
-        tables = stats.get("tables_backed_up", {})
-        done = [t for t in tables.values() if t.get("success")]
-        if stats.get("backup_performed"):
-            rows = sum(t["row_count"] for t in done)
-            size = sum(t["file_size_bytes"] for t in done)
-            lines.append(
-                f"✓ backup performed: {len(done)} tables, {rows:,} rows, {len(done)} files, "
-                f"{format_size(size)} in {stats.get('backup_directory')}"
-            )
-        else:
-            lines.append("✗ backup not completed")
-        for name, info in tables.items():
-            if info.get("success"):
-                lines.append(
-                    f"  - {name}: {info['row_count']:,} rows -> {info['backup_file']} ({info['file_size']})"
-                )
-            else:
-                lines.append(f"  - {name}: FAILED - {info.get('error')}")
-        if stats.get("truncate_performed"):
-            for name, info in stats.get("truncate_results", {}).items():
-                lines.append(f"✓ truncate performed: {name} emptied ({info['rows_before']:,} rows removed)")
-        else:
-            lines.append("- truncate: not performed")
-        lines.append(f"✓ duration: {stats.get('duration', 0):.1f}s")
-    lines.append("===================================")
-    return "\n".join(lines)
+    click.echo(output.summary_text(stats, error))
