@@ -7,7 +7,7 @@ from common.redis_conn import redis_client
 from common.retention import RetentionPolicy, apply_retention
 from tasks import names
 from tasks.app import app
-from tasks.pipeline import EnqueueResult, enqueue_vector_management, stamp_key
+from tasks.client.enqueue import EnqueueResult, enqueue_vector_management, stamp_key
 
 
 @app.task(name=names.NIGHTLY_BACKUP)

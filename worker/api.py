@@ -25,15 +25,9 @@ from common.config import ApiSettings, Settings, load_api_settings, load_setting
 from common.db import connect
 from common.exceptions import ConfigurationError, DatabaseUnavailableError, RunNotCancellable, VerifyError
 from common.redis_conn import redis_client, run_states
-from common.run_state import STOPPED
-from tasks.pipeline import (
-    cancel_run,
-    claim_key,
-    enqueue_vector_management,
-    run_record,
-    run_result,
-    run_status,
-)
+from tasks.client.enqueue import claim_key, enqueue_vector_management
+from tasks.client.polling import wait_for_end
+from tasks.client.runs import cancel_run, run_record, run_result, run_status
 from worker import envelope
 from worker.api_params import ForbiddenDatabase, InvalidParams, check_db_connection, parse_backup_body
 from worker.api_views import failure, job_status, run_data, run_view, stopped_error
@@ -195,14 +189,11 @@ def create_app(
         # A waiting request holds a server thread: past the limit, the answer is 202 at once.
         if params.wait and waiting.acquire(blocking=False):
             try:
-                deadline = time.monotonic() + api.wait_s
-                while not final.ready() and time.monotonic() < deadline:
-                    status = run_status(job_id, settings)
-                    if status is not None and status["state"] in STOPPED:
-                        return stopped(job_id, status)
-                    time.sleep(0.2)
+                waited = wait_for_end(job_id, final, api.wait_s, settings, every=0.2)
             finally:
                 waiting.release()
+            if waited.stopped is not None:
+                return stopped(job_id, waited.stopped)
         if not final.ready():
             return accepted(job_id, answer["message"])
         return finished(job_id, final)

@@ -9,7 +9,7 @@ from celery.result import AsyncResult
 from common.exceptions import BackupFailedError, RunFailedError, TruncateRefusedError
 from common.output import run_response, stopped_message
 from common.run_state import STOPPED
-from tasks.progress import table_states
+from tasks.client.progress import table_states
 
 # Per-table fields the seeds show; the manifest has the rest (columns, DDL, fingerprint).
 TABLE_FIELDS = (

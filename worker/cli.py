@@ -7,19 +7,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import click
-from celery.exceptions import TimeoutError as CeleryTimeout
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from common import output
-from common.exceptions import RunFailedError, VectorBackupError
-from common.sizes import format_size
-
-console = Console(stderr=True)
+from common.exceptions import VectorBackupError
+from worker.follow import console, follow_run, report
 
 # Options shared by `run` and `follow`.
 timeout_option = click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait.")
@@ -70,7 +64,7 @@ def run(
     as_json,
 ):
     """Enqueue the vector step once for a pipeline task, then (with --wait) follow it."""
-    from tasks.pipeline import enqueue_vector_management
+    from tasks.client.enqueue import enqueue_vector_management
 
     if truncate_vector_tables and not backup_vector_tables:
         console.print("--truncate-vector-tables implies --backup-vector-tables: backup turned on")
@@ -124,7 +118,7 @@ def cancel(run_id):
     """Cancel a queued or running run: its COPYs stop, its unfinished files are removed,
     its database lock is freed, and it never truncates. Exit 1 if it has already ended."""
     from common.exceptions import ConfigurationError, RunNotCancellable
-    from tasks.pipeline import cancel_run
+    from tasks.client.runs import cancel_run
 
     try:
         status = cancel_run(run_id)
@@ -142,7 +136,7 @@ def cancel(run_id):
 @json_option
 def runs(limit, as_json):
     """Recent runs: id, task id, database, state, started, last heartbeat, tables."""
-    from tasks.pipeline import recent_runs
+    from tasks.client.runs import recent_runs
 
     found = recent_runs(limit)
     if as_json:
@@ -230,88 +224,3 @@ def api(host, port, threads, insecure_no_auth):
 
     console.print(f"API on http://{host}:{port}/api/v0/openapi.json")
     serve(host, port, threads, insecure_no_auth)
-
-
-def follow_run(
-    run_id: str, timeout: float, as_json: bool, may_rejoin: bool = False
-) -> tuple[int, str | None]:
-    """Follow the run to its end: (exit status, the run's recorded state). With
-    `may_rejoin`, an abandoned run is only noted: the caller sends a new one."""
-    from common.run_state import STOPPED
-    from tasks.pipeline import run_record, run_result, run_status
-    from tasks.progress import table_states
-
-    record = run_record(run_id)
-    if record is None:
-        raise click.UsageError(f"unknown run {run_id} (never sent, or expired)")
-    final = run_result(record)
-    deadline = time.monotonic() + timeout
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[note]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
-        bars = {
-            name: progress.add_task(name, total=None, note="waiting")
-            for name in dict.fromkeys(record["tables"].values())
-        }
-        while not final.ready():
-            status = run_status(run_id)
-            if status is not None and status["state"] in STOPPED:
-                # A dead run's last task never reports: its state says so within the window.
-                if may_rejoin and status["state"] == "abandoned":
-                    console.print(output.stopped_message(status), soft_wrap=True)
-                else:
-                    report(None, output.stopped_message(status), as_json)
-                return 1, status["state"]
-            if time.monotonic() > deadline:
-                console.print(output.still_running_message(run_id, timeout))
-                return 1, None
-            for table, state in table_states(record).items():
-                update_bar(progress, bars[table], state)
-            time.sleep(0.25)
-        for table, state in table_states(record).items():
-            update_bar(progress, bars[table], state)
-    status = run_status(run_id)
-    state = status["state"] if status else None
-    try:
-        stats = final.get(timeout=5, propagate=True)
-    except RunFailedError as exc:
-        report(exc.result, str(exc), as_json)
-        return 1, state
-    except (VectorBackupError, CeleryTimeout, Exception) as exc:  # noqa: BLE001 - any failure is reported
-        message = output.stopped_message(status) if status is not None and state in STOPPED else None
-        report(None, message or f"{type(exc).__name__}: {exc}", as_json)
-        return 1, state
-    report(stats, None, as_json)
-    return 0, state
-
-
-def update_bar(progress: Progress, bar, info: dict) -> None:
-    state = info["state"]
-    if state == "PROGRESS":
-        progress.update(
-            bar, total=info.get("total_estimate"), completed=info["rows"], note=format_size(info["bytes"])
-        )
-    elif state == "SUCCESS" and info.get("success"):
-        progress.update(
-            bar, total=info["row_count"] or 1, completed=info["row_count"] or 1, note=info["file_size"]
-        )
-    elif state == "SUCCESS":
-        progress.update(bar, note="FAILED")
-    elif state == "RETRY":
-        progress.update(bar, note="waiting for the database lock")
-    else:
-        progress.update(bar, note=state.lower())
-
-
-def report(stats: dict | None, error: str | None, as_json: bool) -> None:
-    """The seeds' end-of-run summary; with --json, the stats under `vector_management_stats`."""
-    if as_json:
-        click.echo(json.dumps({"vector_management_stats": stats, "error": error}, ensure_ascii=False))
-        return
-    click.echo(output.summary_text(stats, error))
