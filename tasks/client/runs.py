@@ -8,20 +8,19 @@ from typing import Any
 
 from celery.result import AsyncResult
 
-from common import output
+from common import output, run_keys
 from common.config import Settings, load_settings
 from common.exceptions import ConfigurationError, RunNotCancellable
 from common.redis_conn import redis_client, run_states
 from common.run_state import RunStatus
 from tasks import names
 from tasks.app import app
-from tasks.client.enqueue import run_key
 
 
 def run_record(run_id: str, settings: Settings | None = None) -> dict[str, Any] | None:
     """What was sent for `run_id`: its task id, truncate flag and task ids; None if unknown."""
     settings = settings or load_settings()
-    raw = redis_client(settings.runs.redis_url).get(run_key(run_id))
+    raw = redis_client(settings.runs.redis_url).get(run_keys.run_record(run_id))
     return json.loads(raw) if raw else None
 
 
