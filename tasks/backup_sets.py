@@ -10,7 +10,8 @@ from common.db import connect
 from common.exceptions import ConfigurationError
 from common.manifest import verify_set
 from common.restore import RestoreResult, restore_set
-from worker import app
+from tasks import names
+from tasks.app import app
 
 
 def inside_task_root(settings: Settings, path: str) -> Path:
@@ -22,14 +23,14 @@ def inside_task_root(settings: Settings, path: str) -> Path:
     return resolved
 
 
-@app.task(name="vector.verify_backup_set")
+@app.task(name=names.VERIFY_SET)
 def verify_backup_set(path: str) -> dict[str, Any]:
     """The verified manifest of the set at `path`; raises `VerifyError` otherwise."""
     settings = load_settings()
     return verify_set(inside_task_root(settings, path), signing_key=settings.signing_key)
 
 
-@app.task(name="vector.restore_backup_set")
+@app.task(name=names.RESTORE_SET)
 def restore_backup_set(path: str, mode: str = "replace") -> RestoreResult:
     """Verify, then restore the set at `path` into the worker's configured database."""
     settings = load_settings()

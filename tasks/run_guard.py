@@ -11,7 +11,6 @@ never truncates.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -23,22 +22,15 @@ from celery.exceptions import Retry
 from common.config import Settings
 from common.db import cancel_backends
 from common.exceptions import RunEndedError, TruncateRefusedError
+from common.output import task_skipped_message
 from common.periodic import Periodic
+from common.redis_conn import redis_client, run_states
 from common.run_database import forget_run_database
 from common.run_lock import RunLock
 from common.run_state import FAILED, LIVE, RUNNING, STOPPED, SUCCEEDED, RunStates
 from common.run_steps import discard_unfinished_set
 
 log = logging.getLogger(__name__)
-
-
-@functools.cache
-def redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
-
-
-def run_states(settings: Settings) -> RunStates:
-    return RunStates(redis_client(settings.runs.redis_url), settings.runs)
 
 
 def run_lock(settings: Settings, run_id: str) -> RunLock:
@@ -89,8 +81,7 @@ class RunTask:
 
 def ended(states: RunStates, run_id: str, state: str) -> RunEndedError:
     status = states.status(run_id) or {}
-    reason = status.get("reason")
-    return RunEndedError(f"run {run_id} is {state}{f': {reason}' if reason else ''}; this task did nothing")
+    return RunEndedError(task_skipped_message(run_id, state, status.get("reason")))
 
 
 @contextlib.contextmanager

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from common.config import load_schedules, load_settings
+from common.redis_conn import redis_client
 from common.retention import RetentionPolicy, apply_retention
-from tasks.pipeline import EnqueueResult, enqueue_vector_management, stamp_key
-from tasks.vector_backup import redis_client
-from worker import app
+from tasks import names
+from tasks.app import app
+from tasks.client.enqueue import EnqueueResult, enqueue_vector_management, stamp_key
 
 
-@app.task(name="vector.nightly_backup")
+@app.task(name=names.NIGHTLY_BACKUP)
 def nightly_backup() -> EnqueueResult:
     """A backup-only run into `<root>/vector_bak/`, through the same run lock as any run."""
     return enqueue_vector_management(None, backup=True)
 
 
-@app.task(name="vector.apply_retention")
+@app.task(name=names.APPLY_RETENTION)
 def apply_backup_retention() -> dict:
     settings, schedules = load_settings(), load_schedules()
     directory = settings.backup_directory()

@@ -1,37 +1,43 @@
-"""Back up the vector tables as a chord, then (optionally) truncate, as one chain.
-
-    chord([backup_table(t) for t in tables], backup_vector_tables) | truncate_vector_tables
+"""The tasks of a run's chain (`tasks/workflow.py` builds it by their names): back up each
+table, close the set (the chord body), then (optionally) truncate.
 
 The chord body raises if any table failed, so truncate only ever runs after a complete
-set. Task arguments hold table names, the pipeline task id and a timestamp: never a
-connection string; workers read the database from their own environment.
+set.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-import uuid
-from datetime import datetime
 
 import redis
-from celery import Signature, chord
-from celery.result import AsyncResult
 
 from common.backup import TableBackup
-from common.config import Settings, load_settings, validate_task_id
+from common.config import Settings, load_settings
 from common.exceptions import BackupFailedError, RunEndedError
+from common.output import progress_line
+from common.redis_conn import redis_client, run_states
 from common.run_database import forget_run_database, settings_for_run
 from common.run_lock import RunLock
 from common.run_result import RunRequest, VectorRunResult
 from common.run_state import REDIS_PATIENCE_S, patiently
 from common.run_steps import back_up_table, close_backup_set, truncate_after_backup
-from common.sizes import format_size
 from common.split import SplitBoard
-from tasks.run_guard import leave_stopped_run, redis_client, run_lock, run_states, run_task
-from worker import app
+from tasks import names
+from tasks.app import app
+from tasks.run_guard import leave_stopped_run, run_lock, run_task
+from tasks.workflow import build_vector_workflow, table_results
 
-__all__ = ["backup_table", "backup_vector_tables", "redis_client", "run_lock", "truncate_vector_tables"]
+# `build_vector_workflow` and `table_results` were documented here before they moved.
+__all__ = [
+    "backup_table",
+    "backup_vector_tables",
+    "build_vector_workflow",
+    "redis_client",
+    "run_lock",
+    "table_results",
+    "truncate_vector_tables",
+]
 
 
 class DatabaseBusy(Exception):
@@ -56,7 +62,7 @@ def take_lock(settings: Settings, lock: RunLock) -> bool:
     return patiently(lock.acquire, REDIS_PATIENCE_S)
 
 
-@app.task(name="vector.backup_table", bind=True, max_retries=None, throws=(RunEndedError,))
+@app.task(name=names.BACKUP_TABLE, bind=True, max_retries=None, throws=(RunEndedError,))
 def backup_table(self, table: str, request: RunRequest, split: bool = False) -> TableBackup:
     settings = run_settings(request)
     with run_task(settings, request, self.request.id, last_step=False) as task:
@@ -96,22 +102,7 @@ def _back_up(self, settings: Settings, table: str, request: RunRequest, split: b
     return result
 
 
-def splits(settings: Settings, table: str) -> bool:
-    """Whether `table` gets several header tasks (range-split, `common.split`)."""
-    return settings.vector.split_workers > 1 and table in settings.vector.split_tables
-
-
-def progress_line(progress: dict) -> str:
-    """`langchain_pg_embedding: copying 50,000 of ~150,000 rows (33.3%), 30.1 MB`."""
-    total = f" of ~{progress['total_estimate']:,}" if progress.get("total_estimate") else ""
-    percent = f" ({progress['percent']:.1f}%)" if progress.get("percent") is not None else ""
-    return (
-        f"{progress['table']}: {progress['step']} {progress['rows']:,}{total} rows{percent}, "
-        f"{format_size(progress['bytes'])}"
-    )
-
-
-@app.task(name="vector.backup_vector_tables", bind=True, throws=(RunEndedError,))
+@app.task(name=names.BACKUP_SET, bind=True, throws=(RunEndedError,))
 def backup_vector_tables(self, tables: list[TableBackup], request: RunRequest) -> VectorRunResult:
     settings = run_settings(request)
     ends_run = True
@@ -133,7 +124,7 @@ def backup_vector_tables(self, tables: list[TableBackup], request: RunRequest) -
             forget_quietly(settings, request["run_id"])
 
 
-@app.task(name="vector.truncate_vector_tables", bind=True, throws=(RunEndedError,))
+@app.task(name=names.TRUNCATE, bind=True, throws=(RunEndedError,))
 def truncate_vector_tables(self, backup_result: VectorRunResult) -> VectorRunResult:
     settings = run_settings(backup_result)
     run_id = str(backup_result.get("run_id", ""))
@@ -152,55 +143,9 @@ def forget_quietly(settings: Settings, run_id: str) -> None:
         forget_run_database(redis_client(settings.runs.redis_url), run_id)
 
 
-@app.task(name="vector.discard_run")
+@app.task(name=names.DISCARD_RUN)
 def discard_run(run: dict) -> list[str]:
     """What a cancelled run left behind, removed on a worker (which sees the task root);
     nothing unless the run is cancelled or abandoned. The names of the files removed."""
     settings = load_settings()
     return leave_stopped_run(settings, run, run_states(settings).state(str(run["run_id"])))
-
-
-def build_vector_workflow(
-    task_id: str | None = None,
-    backup: bool = True,
-    truncate: bool = False,
-    settings: Settings | None = None,
-    now: datetime | None = None,
-    run_id: str | None = None,
-    external_db: bool = False,
-) -> Signature | None:
-    """The signature to run: the backup chord, `| truncate` when asked, or None for nothing.
-
-    Truncate implies backup: there is no signature that truncates without one.
-    """
-    if not (backup or truncate):
-        return None
-    settings = settings or load_settings()
-    if task_id is not None:
-        validate_task_id(task_id)
-    request = RunRequest(
-        run_id=run_id or uuid.uuid4().hex,
-        task_id=task_id,
-        timestamp=(now or datetime.now()).strftime(settings.vector.timestamp_format),
-        truncate_requested=truncate,
-        external_db=external_db,
-        requested_at=time.time(),
-    )
-    header = []
-    for table in settings.vector.supported_tables:
-        split = splits(settings, table)
-        tasks = settings.vector.split_workers if split else 1
-        header += [backup_table.s(table, request, split=split) for _ in range(tasks)]
-    workflow = chord(header, backup_vector_tables.s(request))
-    if truncate:
-        workflow = workflow | truncate_vector_tables.s()
-    return workflow
-
-
-def table_results(workflow: Signature) -> list[tuple[AsyncResult, str]]:
-    """The header tasks of a frozen workflow and their tables, to read their PROGRESS meta.
-
-    A range-split table has several tasks; each reports what it copied itself.
-    """
-    header = workflow.tasks
-    return [(AsyncResult(task.id, app=app), task.args[0]) for task in getattr(header, "tasks", header)]

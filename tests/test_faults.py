@@ -43,7 +43,7 @@ while time.monotonic() < deadline:
         print("client retrying after", type(exc).__name__, file=sys.stderr, flush=True)
     time.sleep(0.5)
 else:
-    from tasks.progress import table_states
+    from tasks.client.progress import table_states
     states = table_states(run_record(run_id))
     shown = {t: (s["state"], s.get("step"), s.get("rows", s.get("row_count"))) for t, s in states.items()}
     print("no final state; tables:", shown, file=sys.stderr, flush=True)

@@ -21,8 +21,8 @@ from common.exceptions import RunEndedError, TruncateRefusedError
 from common.run_lock import lock_name
 from common.run_state import RunStates
 from common.run_steps import truncate_after_backup
+from tasks.client.progress import table_states
 from tasks.pipeline import cancel_run, enqueue_vector_management, run_record, run_status, wait_for_run
-from tasks.progress import table_states
 from tasks.vector_backup import run_lock, truncate_vector_tables
 from tests.processes import ROOT, project_env, worker_cli
 from tests.runs import backup_half_of_truncate_run

@@ -7,9 +7,9 @@ from typing import Any
 from celery.result import AsyncResult
 
 from common.exceptions import BackupFailedError, RunFailedError, TruncateRefusedError
+from common.output import run_response, stopped_message
 from common.run_state import STOPPED
-from tasks.pipeline import stopped_message
-from tasks.progress import table_states
+from tasks.client.progress import table_states
 
 # Per-table fields the seeds show; the manifest has the rest (columns, DDL, fingerprint).
 TABLE_FIELDS = (
@@ -33,16 +33,8 @@ def run_data(result: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
         name: {k: info[k] for k in TABLE_FIELDS if k in info}
         for name, info in (result.get("tables_backed_up") or {}).items()
     }
-    if result.get("truncate_performed"):
-        response = "vector tables backed up and langchain_pg_embedding emptied"
-    elif result.get("backup_performed"):
-        response = "vector tables backed up"
-    elif result.get("errors"):
-        response = "vector table management failed"
-    else:
-        response = "nothing was done: backup_vector_tables and truncate_vector_tables are both false"
     return {
-        "response": response,
+        "response": run_response(result),
         "job_id": job_id,
         "backup_performed": bool(result.get("backup_performed")),
         "truncate_performed": bool(result.get("truncate_performed")),

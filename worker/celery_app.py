@@ -1,11 +1,11 @@
-"""The Celery application: `celery -A worker worker -l info -E` finds it as `worker.app`."""
-
-from celery import Celery
+"""The app as processes see it: `celery -A worker worker -l info -E` finds it as
+`worker.app`. The app itself lives at the bottom (`tasks/app.py`); importing it from here
+also connects the log format and redaction to Celery's loggers."""
 
 import worker.logs  # noqa: F401 - connects the log format and redaction to Celery's loggers
+from tasks.app import app
 
-app = Celery("pgvector_backup")
-app.config_from_object("celeryconfig")
+__all__ = ["app", "release_pending_results"]
 
 
 def release_pending_results() -> None:

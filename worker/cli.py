@@ -7,19 +7,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import click
-from celery.exceptions import TimeoutError as CeleryTimeout
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from common.db import DatabaseTarget
-from common.exceptions import RunFailedError, VectorBackupError
-from common.sizes import format_size
-
-console = Console(stderr=True)
+from common import output
+from common.exceptions import VectorBackupError
+from worker.follow import console, follow_run, report
 
 # Options shared by `run` and `follow`.
 timeout_option = click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait.")
@@ -70,7 +64,7 @@ def run(
     as_json,
 ):
     """Enqueue the vector step once for a pipeline task, then (with --wait) follow it."""
-    from tasks.pipeline import enqueue_vector_management
+    from tasks.client.enqueue import enqueue_vector_management
 
     if truncate_vector_tables and not backup_vector_tables:
         console.print("--truncate-vector-tables implies --backup-vector-tables: backup turned on")
@@ -92,7 +86,7 @@ def run(
     console.print(answer["message"], soft_wrap=True)
     if not wait:
         click.echo(answer["run_id"])
-        console.print(f"follow it with: python -m worker follow {answer['run_id']}")
+        console.print(output.follow_hint(answer["run_id"]))
         return
     joined = not answer["enqueued"]
     code, state = follow_run(answer["run_id"], timeout, as_json, may_rejoin=joined)
@@ -124,7 +118,7 @@ def cancel(run_id):
     """Cancel a queued or running run: its COPYs stop, its unfinished files are removed,
     its database lock is freed, and it never truncates. Exit 1 if it has already ended."""
     from common.exceptions import ConfigurationError, RunNotCancellable
-    from tasks.pipeline import cancel_run
+    from tasks.client.runs import cancel_run
 
     try:
         status = cancel_run(run_id)
@@ -133,8 +127,8 @@ def cancel(run_id):
     except RunNotCancellable as exc:
         click.echo(f"✗ {exc}")
         sys.exit(1)
-    click.echo(f"✓ run {run_id} cancelled; its running tasks stop within a few seconds")
-    click.echo(status_line(status))
+    click.echo(output.cancelled_message(run_id))
+    click.echo(output.status_line(status))
 
 
 @cli.command()
@@ -142,7 +136,7 @@ def cancel(run_id):
 @json_option
 def runs(limit, as_json):
     """Recent runs: id, task id, database, state, started, last heartbeat, tables."""
-    from tasks.pipeline import recent_runs
+    from tasks.client.runs import recent_runs
 
     found = recent_runs(limit)
     if as_json:
@@ -152,31 +146,7 @@ def runs(limit, as_json):
         click.echo("no runs recorded")
         return
     for status in found:
-        click.echo(status_line(status))
-
-
-def status_line(status: dict) -> str:
-    """`<run id>  <task id>  <database>  <state>  started ...  heartbeat ...  <tables>`, one line,
-    then the reason, if any, on the next."""
-    db = status.get("database") or {}
-    where = DatabaseTarget.from_parts(**db).describe() if db else "-"
-    started = _when(status.get("started_at"))
-    beat = _when(status.get("heartbeat_at"))
-    tables = "; ".join(
-        f"{name}: {info['rows']:,} rows" if info.get("success") else f"{name}: FAILED"
-        for name, info in (status.get("tables") or {}).items()
-    )
-    line = (
-        f"{status['run_id']}  {status.get('task_id') or '-'}  {where}  {status['state']}  "
-        f"started {started}  heartbeat {beat}  {tables or '-'}"
-    )
-    return line + (f"\n    {status['reason']}" if status.get("reason") else "")
-
-
-def _when(moment: float | None) -> str:
-    if not moment:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+        click.echo(output.status_line(status))
 
 
 @cli.command()
@@ -197,11 +167,7 @@ def verify(path):
     except VectorBackupError as exc:
         click.echo(f"✗ {exc}")
         sys.exit(1)
-    for table, entry in manifest["tables"].items():
-        click.echo(
-            f"✓ {table}: {entry['rows']:,} rows, {format_size(entry['bytes'])}, sha256 ok -> {entry['file']}"
-        )
-    click.echo(f"✓ {manifest_path.name} verifies")
+    click.echo("\n".join(output.verified_lines(manifest, manifest_path)))
 
 
 @cli.command()
@@ -236,10 +202,7 @@ def restore(path, db_connection, mode):
     except VectorBackupError as exc:
         click.echo(f"✗ restore refused or failed, nothing was written: {exc}")
         sys.exit(1)
-    for table, rows in done["tables"].items():
-        made = " (table created)" if table in done["created"] else ""
-        click.echo(f"✓ {table}: {rows:,} rows restored{made}")
-    click.echo(f"✓ {done['manifest']} restored into {target.describe()} ({mode}) in {done['duration']:.1f}s")
+    click.echo("\n".join(output.restored_lines(done, target, mode)))
 
 
 @cli.command()
@@ -261,125 +224,3 @@ def api(host, port, threads, insecure_no_auth):
 
     console.print(f"API on http://{host}:{port}/api/v0/openapi.json")
     serve(host, port, threads, insecure_no_auth)
-
-
-def follow_run(
-    run_id: str, timeout: float, as_json: bool, may_rejoin: bool = False
-) -> tuple[int, str | None]:
-    """Follow the run to its end: (exit status, the run's recorded state). With
-    `may_rejoin`, an abandoned run is only noted: the caller sends a new one."""
-    from common.run_state import STOPPED
-    from tasks.pipeline import run_record, run_result, run_status, stopped_message
-    from tasks.progress import table_states
-
-    record = run_record(run_id)
-    if record is None:
-        raise click.UsageError(f"unknown run {run_id} (never sent, or expired)")
-    final = run_result(record)
-    deadline = time.monotonic() + timeout
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[note]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
-        bars = {
-            name: progress.add_task(name, total=None, note="waiting")
-            for name in dict.fromkeys(record["tables"].values())
-        }
-        while not final.ready():
-            status = run_status(run_id)
-            if status is not None and status["state"] in STOPPED:
-                # A dead run's last task never reports: its state says so within the window.
-                if may_rejoin and status["state"] == "abandoned":
-                    console.print(stopped_message(status), soft_wrap=True)
-                else:
-                    report(None, stopped_message(status), as_json)
-                return 1, status["state"]
-            if time.monotonic() > deadline:
-                console.print(
-                    f"still running after {timeout:g}s; follow it with: python -m worker follow {run_id}"
-                )
-                return 1, None
-            for table, state in table_states(record).items():
-                update_bar(progress, bars[table], state)
-            time.sleep(0.25)
-        for table, state in table_states(record).items():
-            update_bar(progress, bars[table], state)
-    status = run_status(run_id)
-    state = status["state"] if status else None
-    try:
-        stats = final.get(timeout=5, propagate=True)
-    except RunFailedError as exc:
-        report(exc.result, str(exc), as_json)
-        return 1, state
-    except (VectorBackupError, CeleryTimeout, Exception) as exc:  # noqa: BLE001 - any failure is reported
-        message = stopped_message(status) if status is not None and state in STOPPED else None
-        report(None, message or f"{type(exc).__name__}: {exc}", as_json)
-        return 1, state
-    report(stats, None, as_json)
-    return 0, state
-
-
-def update_bar(progress: Progress, bar, info: dict) -> None:
-    state = info["state"]
-    if state == "PROGRESS":
-        progress.update(
-            bar, total=info.get("total_estimate"), completed=info["rows"], note=format_size(info["bytes"])
-        )
-    elif state == "SUCCESS" and info.get("success"):
-        progress.update(
-            bar, total=info["row_count"] or 1, completed=info["row_count"] or 1, note=info["file_size"]
-        )
-    elif state == "SUCCESS":
-        progress.update(bar, note="FAILED")
-    elif state == "RETRY":
-        progress.update(bar, note="waiting for the database lock")
-    else:
-        progress.update(bar, note=state.lower())
-
-
-def report(stats: dict | None, error: str | None, as_json: bool) -> None:
-    """The seeds' end-of-run summary; with --json, the stats under `vector_management_stats`."""
-    if as_json:
-        click.echo(json.dumps({"vector_management_stats": stats, "error": error}, ensure_ascii=False))
-        return
-    click.echo(summary_text(stats, error))
-
-
-def summary_text(stats: dict | None, error: str | None) -> str:
-    if stats is None and error is None:
-        return "vector table management: not run"
-    lines = ["===== Vector table management ====="]
-    if error:
-        lines.append(f"✗ run failed: {error}")
-    if stats:
-        tables = stats.get("tables_backed_up", {})
-        done = [t for t in tables.values() if t.get("success")]
-        if stats.get("backup_performed"):
-            rows = sum(t["row_count"] for t in done)
-            size = sum(t["file_size_bytes"] for t in done)
-            lines.append(
-                f"✓ backup performed: {len(done)} tables, {rows:,} rows, {len(done)} files, "
-                f"{format_size(size)} in {stats.get('backup_directory')}"
-            )
-        else:
-            lines.append("✗ backup not completed")
-        for name, info in tables.items():
-            if info.get("success"):
-                lines.append(
-                    f"  - {name}: {info['row_count']:,} rows -> {info['backup_file']} ({info['file_size']})"
-                )
-            else:
-                lines.append(f"  - {name}: FAILED - {info.get('error')}")
-        if stats.get("truncate_performed"):
-            for name, info in stats.get("truncate_results", {}).items():
-                lines.append(f"✓ truncate performed: {name} emptied ({info['rows_before']:,} rows removed)")
-        else:
-            lines.append("- truncate: not performed")
-        lines.append(f"✓ duration: {stats.get('duration', 0):.1f}s")
-    lines.append("===================================")
-    return "\n".join(lines)

@@ -122,8 +122,9 @@ def run_chain(pg_url: str, before: dict[str, int]) -> int:
     """The pipeline's way in: enqueue once, follow with live bars, then restore."""
     from common.db import DatabaseTarget, connect
     from common.restore import restore_set
-    from tasks.pipeline import enqueue_vector_management, run_record, run_result
-    from worker.cli import follow_run
+    from tasks.client.enqueue import enqueue_vector_management
+    from tasks.client.runs import run_record, run_result
+    from worker.follow import follow_run
 
     task_id = "demo_" + time.strftime("%Y%m%d_%H%M%S")
     say(f"python -m worker run --task-id {task_id} --backup-vector-tables --truncate-vector-tables")

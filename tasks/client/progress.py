@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.progress import percent
-from worker import app
+from tasks.app import app
 
 RUNNING = ("PROGRESS", "RETRY", "STARTED")
 
