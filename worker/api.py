@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from flask import Flask, jsonify, send_file
+from flask import Flask, jsonify, request, send_file
 
 from common.catalog import find_set, list_sets, open_set_file
 from common.config import ApiSettings, Settings, load_api_settings, load_settings
