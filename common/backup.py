@@ -135,11 +135,12 @@ def _copy_in_snapshot(conn: Connection, job: TableJob, copier: Copier, tracker: 
     link = link_column(table, (c["name"] for c in schema.get("columns", [])))
     collection_ids = digest = None
     tracker.step("creating the backup directory")
+    job.storage.prepare()
+    tracker.step(copier.step)
     with (
         job.storage.writer(job.file_name, replace=job.replace) as out,
         compressing(out, settings.compression) as (sink, file_sha256),
     ):
-        tracker.step(copier.step)
         writer = copier.writer(sink, settings.progress_every, tracker.report, fmt.header_records)
         rows = copier.copy(conn, table, query, writer)
         if link:
@@ -157,7 +158,10 @@ def _copy_in_snapshot(conn: Connection, job: TableJob, copier: Copier, tracker: 
 
 
 def _result(job: TableJob, copied: _Copied, started: float) -> TableBackup:
-    size = job.storage.stat(job.file_name).size
+    published = job.storage.stat(job.file_name)
+    if published is None:
+        raise BackupError(f"{job.table}: {job.file_name} vanished right after it was written")
+    size = published.size
     writer, compressed = copied.writer, job.settings.compression != "none"
     result = TableBackup(
         table=job.table,

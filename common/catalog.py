@@ -7,7 +7,6 @@ path segment.
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 from typing import Any, BinaryIO, TypedDict
@@ -15,6 +14,7 @@ from typing import Any, BinaryIO, TypedDict
 from common.config import Settings, validate_task_id
 from common.exceptions import ConfigurationError, VerifyError
 from common.manifest import MANIFEST_GLOB, SetRef, load_manifest, manifest_name
+from common.storage import FileInfo
 
 SEPARATOR = "~"
 # A set's timestamp as file names carry it (VECTOR_TIMESTAMP_FORMAT): no path, no dots first.
@@ -63,13 +63,16 @@ def find_set(settings: Settings, name: str) -> tuple[SetRef, dict[str, Any]]:
     if task_id and not _is_task_id(task_id):
         raise VerifyError(f"no backup set called {name!r}")
     ref = SetRef(settings.backup_storage(task_id or None), manifest_name(timestamp))
+    if task_id and (settings.task_root / task_id).is_symlink():
+        raise VerifyError(f"no backup set called {name!r}")  # as list_sets: links are not followed
     if not _plain_file(ref.storage, ref.manifest):
         raise VerifyError(f"no backup set called {name!r}")
     return ref, load_manifest(ref)
 
 
-def open_set_file(settings: Settings, name: str, file_name: str) -> tuple[BinaryIO, int]:
-    """A file of the set, opened, and its size: one its manifest lists, or the manifest
+def open_set_file(settings: Settings, name: str, file_name: str) -> tuple[BinaryIO, FileInfo, str | None]:
+    """A file of the set, opened, its size and time, and its sha256 if the manifest has
+    it: a file its manifest lists, or the manifest
     itself. Nothing else, so no name can reach outside the backup directory; what is sent
     is the file that was opened, however the directory changes meanwhile."""
     ref, manifest = find_set(settings, name)
@@ -82,9 +85,8 @@ def open_set_file(settings: Settings, name: str, file_name: str) -> tuple[Binary
         raise VerifyError(
             f"{file_name!r} of backup set {name!r} is missing on disk (or not a plain file)"
         ) from None
-    size = opened.seek(0, io.SEEK_END)
-    opened.seek(0)
-    return opened, size
+    sha256 = next((e.get("sha256") for e in manifest["tables"].values() if e.get("file") == file_name), None)
+    return opened, ref.storage.opened_info(opened), sha256 if isinstance(sha256, str) else None
 
 
 def _plain_file(storage: Any, name: str) -> bool:

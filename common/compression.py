@@ -74,13 +74,15 @@ def compressing(out: BinaryIO, compression: str) -> Iterator[tuple[BinaryIO, obj
 
 def decompressing(raw: BinaryIO, name: str) -> BinaryIO:
     """The rows' bytes of a backup file called `name`, read from `raw` and decompressed
-    as they are read. The caller closes `raw` (a decompressor never does)."""
+    as they are read. Closing the result closes `raw`."""
     compression = of_file(name)
     buffered = io.BufferedReader(raw, 1 << 20) if isinstance(raw, io.RawIOBase) else raw
     if compression == "gzip":
-        return gzip.GzipFile(fileobj=buffered, mode="rb")
+        reader = gzip.GzipFile(fileobj=buffered, mode="rb")
+        reader.myfileobj = buffered  # what GzipFile closes when it opened the file itself
+        return reader
     if compression == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(buffered, closefd=False)
+        return zstandard.ZstdDecompressor().stream_reader(buffered, closefd=True)
     return buffered
 
 

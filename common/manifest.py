@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -157,8 +158,11 @@ def load_manifest(where: SetRef | Path) -> dict[str, Any]:
     ref = where if isinstance(where, SetRef) else SetRef(open_storage(where.parent), where.name)
     name = ref.manifest
     try:
-        with ref.storage.open(name) as raw:
-            manifest = json.loads(raw.read(MAX_MANIFEST_BYTES + 1).decode("utf-8"))
+        with ref.storage.open(name) as raw, io.BufferedReader(raw) as buffered:
+            text = buffered.read(MAX_MANIFEST_BYTES + 1)
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise VerifyError(f"{name}: a manifest larger than {MAX_MANIFEST_BYTES >> 20} MiB is refused")
+        manifest = json.loads(text.decode("utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, JSON, huge numbers
         raise VerifyError(f"{name}: unreadable manifest: {type(exc).__name__}") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") not in READABLE_VERSIONS:
@@ -232,7 +236,9 @@ def _check_file(
     try:
         info = storage.stat(plain_name(name))
     except UnsafeFile as exc:
-        return [str(exc)], None
+        return [str(exc) if "/" not in name else f"file {name!r} is missing"], None
+    except OSError as exc:
+        return [f"{name} cannot be read: {type(exc).__name__}"], None
     if info is None:
         return [f"file {name!r} is missing"], None
     fmt_name = entry.get("format", DEFAULT_FORMAT)
@@ -242,26 +248,31 @@ def _check_file(
     problems = []
     if info.size != entry.get("bytes"):
         problems.append(f"{name} is {info.size} bytes, the manifest says {entry.get('bytes')}")
-    if hash_file and _sha256(storage, name) != entry.get("sha256"):
-        problems.append(f"{name} does not match its sha256")
     columns = [c[0] for c in entry.get("columns", [])]
     link = link_column(table, columns)
     try:
+        if hash_file and _sha256(storage, name) != entry.get("sha256"):
+            problems.append(f"{name} does not match its sha256")
         with storage.open(name) as raw:
             rows = decompressing(raw, name)
             if not problems and not deep:
-                header = fmt.header(rows)
-                return (
-                    [] if header == columns else [f"{name} header does not match the manifest's columns"]
-                ), None
+                return _header_problems(fmt, rows, columns, name), None
             scan = fmt.scan(rows, columns.index(link) if link else None)
     except (*fmt.errors, OSError, EOFError, zstandard.ZstdError) as exc:
-        return [*problems, f"{name} is not a valid {fmt.name} file: {exc}"], None
+        return [*problems, f"{name} is not valid {fmt.description}: {exc}"], None
     if scan.header != columns:
         problems.append(f"{name} header {scan.header} does not match the manifest's columns")
     if scan.rows != entry.get("rows"):
         problems.append(f"{name} holds {scan.rows} rows, the manifest says {entry.get('rows')}")
     return problems, scan.ids
+
+
+def _header_problems(fmt: Any, rows: BinaryIO, columns: list[str], name: str) -> list[str]:
+    try:
+        same = fmt.header(rows) == columns
+    except (*fmt.errors, OSError, EOFError, zstandard.ZstdError):
+        same = False
+    return [] if same else [f"{name} header does not match the manifest's columns"]
 
 
 def _sha256(storage: Any, name: str) -> str:

@@ -66,7 +66,7 @@ def back_up_table(
         fingerprint=request["truncate_requested"] and table in settings.vector.truncate_tables,
         replace=not storage.exists(manifest_name(request["timestamp"])),
     )
-    if board is not None and storage.local_root is not None:
+    if board is not None:
         return SplitJob(settings.database, board, job).run()
     return run_table_backup(settings.database, job)
 

@@ -24,8 +24,14 @@ from tasks.app import app
 
 
 def splits(settings: Settings, table: str) -> bool:
-    """Whether `table` gets several header tasks (range-split, `common.split`)."""
-    return settings.vector.split_workers > 1 and table in settings.vector.split_tables
+    """Whether `table` gets several header tasks (range-split, `common.split`, which
+    shares one file in a local directory)."""
+    vector = settings.vector
+    return (
+        vector.split_workers > 1
+        and table in vector.split_tables
+        and settings.backup_storage().local_root is not None
+    )
 
 
 def build_vector_workflow(

@@ -201,6 +201,16 @@ def test_sets_are_listed_and_files_download_byte_for_byte(client, store, task_id
     manifest = client.get(f"{SETS}/{mine['set']}").get_json()["data"]["manifest"]
     assert manifest["run_id"] == done["job_id"]
 
+    # A download resumes and revalidates: ranges, and the file's sha256 as its ETag.
+    entry = manifest["tables"]["langchain_pg_embedding"]
+    url = f"{SETS}/{mine['set']}/files/{entry['file']}"
+    whole = client.get(url)
+    assert whole.headers["ETag"] == f'"{entry["sha256"]}"' and whole.headers["Last-Modified"]
+    part = client.get(url, headers={"Range": "bytes=10-19", "If-Range": whole.headers["ETag"]})
+    assert part.status_code == 206 and part.data == whole.data[10:20]
+    assert client.get(url, headers={"If-None-Match": whole.headers["ETag"]}).status_code == 304
+    assert client.get(url, headers={"Range": f"bytes={len(whole.data) + 5}-"}).status_code == 416
+
 
 @pytest.mark.parametrize(
     "path",

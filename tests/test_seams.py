@@ -6,13 +6,17 @@ restore, retention and truncate's checks against real PostgreSQL + pgvector."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import io
 import re
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 from common.backup import backup_table
 from common.config import load_settings
@@ -23,6 +27,7 @@ from common.manifest import SetRef, verify_set, write_manifest
 from common.restore import restore_set
 from common.retention import RetentionPolicy, apply_retention
 from common.run_result import aggregate_backups, verified_row_counts
+from common.split import SplitBoard, SplitJob, merge_parts
 from common.storage import FileInfo, UnsafeFile, open_storage
 from common.table_job import TableJob
 from worker.sample_store import add_awkward_rows, add_bulk_rows, row_texts
@@ -40,6 +45,9 @@ class MemoryStorage:
         self.files: dict[str, bytes] = {}
         self.written: dict[str, float] = {}
 
+    def prepare(self) -> None:
+        pass
+
     @contextlib.contextmanager
     def writer(self, name: str, replace: bool = False):
         if name in self.files and not replace:
@@ -56,6 +64,9 @@ class MemoryStorage:
 
     def stat(self, name: str):
         return FileInfo(len(self.files[name]), self.written.get(name, 0.0)) if name in self.files else None
+
+    def opened_info(self, opened) -> FileInfo:
+        return FileInfo(len(opened.getbuffer()), 0.0)
 
     def exists(self, name: str) -> bool:
         return name in self.files
@@ -100,6 +111,32 @@ def test_a_set_in_a_storage_that_is_no_directory_backs_up_verifies_restores_and_
     memory.files[f"langchain_pg_embedding_{newest[len('manifest_') : -len('.json')]}.csv"] += b"x"
     with pytest.raises(VerifyError, match="does not match its sha256"):
         verify_set(SetRef(memory, newest), deep=False)
+
+
+def test_range_split_tasks_on_a_storage_that_is_no_directory_copy_the_table_once(store, services):
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 300)
+    settings, memory, run_id = load_settings(), MemoryStorage(), uuid.uuid4().hex
+    vector = dataclasses.replace(settings.vector, split_min_mb=0)
+    client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
+    job = TableJob("langchain_pg_embedding", memory, "20250103_000000", vector)
+    results: list = []
+    tasks = [
+        threading.Thread(
+            target=lambda who=who: results.append(
+                SplitJob(settings.database, SplitBoard(client, run_id, job.table, who), job).run()
+            )
+        )
+        for who in ("task-a", "task-b")
+    ]
+    for task in tasks:
+        task.start()
+    for task in tasks:
+        task.join(60)
+
+    [table] = merge_parts(results)
+    assert table["success"] and table["row_count"] == 300, table
+    assert sorted(r.get("part", False) for r in results) == [False, True]  # one holder, one idle
+    assert memory.names() == [job.file_name]
 
 
 def test_a_storage_or_format_that_does_not_exist_is_a_clear_configuration_error():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 
 from flask import Flask, jsonify, request, send_file
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from common.catalog import find_set, list_sets, open_set_file
 from common.config import ApiSettings, Settings, load_api_settings, load_settings
@@ -59,13 +60,24 @@ def create_app(
     @web.get(f"{PREFIX}/backups/<set_name>/files/<file_name>")
     def download(set_name: str, file_name: str):
         try:
-            opened, size = open_set_file(settings, set_name, file_name)
+            opened, info, sha256 = open_set_file(settings, set_name, file_name)
         except VerifyError as exc:
             return reply(envelope.not_found_response(str(exc)[:300]))
         # The file that was checked and opened is the one sent, from any storage.
-        sent = send_file(opened, as_attachment=True, download_name=file_name, etag=False, conditional=False)
-        sent.content_length = size
-        return sent.make_conditional(request, accept_ranges=True, complete_length=size)
+        sent = send_file(
+            opened,
+            as_attachment=True,
+            download_name=file_name,
+            last_modified=info.mtime,
+            etag=sha256 or f"{info.mtime}-{info.size}",
+            conditional=False,
+        )
+        sent.content_length = info.size
+        try:
+            return sent.make_conditional(request, accept_ranges=True, complete_length=info.size)
+        except RequestedRangeNotSatisfiable:
+            opened.close()
+            raise
 
     @web.get("/api/v0/openapi.json")
     def openapi():

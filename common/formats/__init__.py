@@ -2,7 +2,7 @@
 
 A format is a module here named for it (`csv`), exposing `FORMAT`, an object with:
 
-- `name`, `extension` (before any compression suffix);
+- `name`, `description` (for messages), `extension` (before any compression suffix);
 - `copy_to(source, header)`: the `COPY ... TO STDOUT` that writes it, and
   `header_records`: how many of COPY's messages come before the first row;
 - `copy_from(table, columns)`: the `COPY ... FROM STDIN` that reads it back;

@@ -17,6 +17,7 @@ class Scan(NamedTuple):
 
 class CsvFormat:
     name = "csv"
+    description = "UTF-8 CSV"
     extension = ".csv"
     header_records = 1  # COPY sends the header line as a message of its own
     errors = (csv.Error, UnicodeDecodeError)

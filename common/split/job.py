@@ -77,21 +77,9 @@ class SplitJob:
 
     def _hold(self, conn: Connection, attempt: int) -> TableBackup:
         inner = _InnerHelper(self.target, self._helper)
-        settings = self.job.settings
-        direct = settings.compression == "none" and appends_safely(self._helper.root)
-        # Appending parts leaves the holder time for a helper thread; copying directly does not.
-        on_plan = inner.start if self.inner_helper and not direct else None
-        min_bytes = int(settings.split_min_mb * 2**20)
-        holder = Holder(
-            self.board,
-            attempt,
-            settings.split_workers,
-            min_bytes,
-            part=self._helper.part,
-            direct=direct,
-            fmt=self.job.format,
-            on_plan=on_plan,
-        )
+        # Ranges are shared through a local directory; elsewhere the holder copies alone
+        # and the table's other tasks return once it has settled.
+        holder = self._holder(attempt, inner) if self._helper.root is not None else None
         job = self.job.reporting_to(inner.adding_its_rows(self.job.on_progress))
         beat = self.board.holding()
         try:
@@ -107,6 +95,21 @@ class SplitJob:
             beat.stop()
         self.board.settle(result)
         return result
+
+    def _holder(self, attempt: int, inner: _InnerHelper) -> Holder:
+        settings = self.job.settings
+        direct = settings.compression == "none" and appends_safely(self._helper.root)
+        # Appending parts leaves the holder time for a helper thread; copying directly does not.
+        return Holder(
+            self.board,
+            attempt,
+            settings.split_workers,
+            int(settings.split_min_mb * 2**20),
+            part=self._helper.part,
+            direct=direct,
+            fmt=self.job.format,
+            on_plan=inner.start if self.inner_helper and not direct else None,
+        )
 
     def _back_up(self, conn: Connection, job: TableJob, holder: Holder | None) -> TableBackup:
         """The table's backup, a failed result on any error but a lost helper."""

@@ -5,10 +5,13 @@ A storage is a module here named for its URL scheme (`local` for plain paths) ex
 
 - `location` (shown to users) and `local_root` (the directory, or None when the files
   are not on a local filesystem: range-split then has its copiers send parts);
+- `prepare()`: make the place ready for writing (a local directory is created);
 - `writer(name, replace=False)`: a context manager yielding a binary file published
   whole under `name` when the block ends without an error, and never otherwise;
 - `open(name)`: the file's bytes, unbuffered (a symbolic link or a non-regular file is
   refused: `UnsafeFile`); `stat(name)`: its `FileInfo`, or None when missing;
+  `opened_info(file)`: the `FileInfo` of a file `open` returned (what is sent is what
+  was described);
 - `names(pattern)`: the regular files matching a glob pattern, sorted;
 - `delete(name)`; `append_text(name, text)`: the set log shared by a directory's runs.
 

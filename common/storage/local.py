@@ -31,11 +31,14 @@ class LocalDirectory:
     def path(self, name: str) -> Path:
         return self.root / plain_name(name)
 
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
     @contextlib.contextmanager
     def writer(self, name: str, replace: bool = False) -> Iterator[BinaryIO]:
         """`common.atomic`: temp file, fsync, rename, fsync of the directory."""
         path = self.path(name)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.prepare()
         with atomic_output(path, self.temp_suffix, replace=replace) as out:
             yield out
 
@@ -51,12 +54,16 @@ class LocalDirectory:
     def stat(self, name: str) -> FileInfo | None:
         try:
             st = os.lstat(self.path(name))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         if stat_mode.S_ISLNK(st.st_mode):
             raise UnsafeFile(f"{name} is a symbolic link, which is never followed")
         if not stat_mode.S_ISREG(st.st_mode):
             raise UnsafeFile(f"{name} is not a regular file")
+        return FileInfo(st.st_size, st.st_mtime)
+
+    def opened_info(self, opened: BinaryIO) -> FileInfo:
+        st = os.fstat(opened.fileno())
         return FileInfo(st.st_size, st.st_mtime)
 
     def exists(self, name: str) -> bool:
