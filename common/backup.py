@@ -141,7 +141,7 @@ def _copy_in_snapshot(conn: Connection, job: TableJob, copier: Copier, tracker: 
         job.storage.writer(job.file_name, replace=job.replace) as out,
         compressing(out, settings.compression) as (sink, file_sha256),
     ):
-        writer = copier.writer(sink, settings.progress_every, tracker.report, fmt.header_records)
+        writer = copier.writer(sink, settings.progress_every, tracker.report, fmt)
         rows = copier.copy(conn, table, query, writer)
         if link:
             tracker.step("reading collection ids")
@@ -153,7 +153,7 @@ def _copy_in_snapshot(conn: Connection, job: TableJob, copier: Copier, tracker: 
         tracker.step("syncing and renaming")
     tracker.step("done")
     # Progress is what this process copied; other range-split copiers report their own.
-    tracker.report(writer.rows, writer.own_bytes, done=True)
+    tracker.report(writer.final_rows, writer.own_bytes, done=True)
     return _Copied(rows, writer, file_sha256, schema, collection_ids, digest)
 
 

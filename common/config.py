@@ -24,7 +24,7 @@ EMBEDDING_TABLE = "langchain_pg_embedding"
 # .env.example's secrets start with this; a placeholder is no secret.
 PLACEHOLDER = "change-me"
 # The file formats (common.formats) and storages (common.storage) a backup may use.
-FILE_FORMATS = ("csv",)
+FILE_FORMATS = ("csv", "binary")
 TASK_ID_PATTERN = re.compile(r"[a-zA-Z0-9_]+")  # matched whole (fullmatch): no trailing newline
 
 

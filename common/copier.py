@@ -26,10 +26,16 @@ class CountingWriter:
     """
 
     def __init__(
-        self, out: BinaryIO, every: int, report: Report, header_records: int = 1, hashed: bool = True
+        self,
+        out: BinaryIO,
+        every: int,
+        report: Report,
+        header_records: int = 1,
+        hashed: bool = True,
+        trailer_records: int = 0,
     ) -> None:
         self.out = out
-        self.header_records = header_records
+        self.header_records, self.trailer_records = header_records, trailer_records
         self._write = out.write
         self.sha256 = hashlib.sha256()
         self._hash = self.sha256.update if hashed else not_hashed
@@ -51,7 +57,13 @@ class CountingWriter:
 
     @property
     def rows(self) -> int:
+        """Rows written so far, while the COPY runs."""
         return self.records - self.header_records
+
+    @property
+    def final_rows(self) -> int:
+        """Rows written, once the COPY has ended (its trailer, if any, counted out)."""
+        return self.rows - self.trailer_records
 
     @property
     def own_bytes(self) -> int:
@@ -68,7 +80,7 @@ class Copier(Protocol):
 
     step: str
 
-    def writer(self, sink: BinaryIO, every: int, report: Report, header_records: int) -> CountingWriter: ...
+    def writer(self, sink: BinaryIO, every: int, report: Report, fmt: Any) -> CountingWriter: ...
 
     def copy(self, conn: Connection, table: str, whole: sql.Composed, writer: CountingWriter) -> int:
         """Every row of `table` into `writer`, header first; the number of rows."""
@@ -78,8 +90,8 @@ class Copier(Protocol):
 class StreamCopier:
     step = "copying"
 
-    def writer(self, sink: BinaryIO, every: int, report: Report, header_records: int) -> CountingWriter:
-        return CountingWriter(sink, every, report, header_records)
+    def writer(self, sink: BinaryIO, every: int, report: Report, fmt: Any) -> CountingWriter:
+        return CountingWriter(sink, every, report, fmt.header_records, trailer_records=fmt.trailer_records)
 
     def copy(self, conn: Connection, table: str, whole: sql.Composed, writer: CountingWriter) -> int:
         return copy_rows(conn, table, whole, writer, header=True)
@@ -96,7 +108,8 @@ def copy_rows(conn: Connection, table: str, query: sql.Composed, out, header: bo
     with conn.cursor() as cur:
         cur.copy_expert(query, out)
         server_rows = cur.rowcount
-    rows = out.records - before - (out.header_records if header else 0)
+    framing = out.header_records + out.trailer_records if header else 0
+    rows = out.records - before - framing
     if server_rows >= 0 and server_rows != rows:
         raise BackupError(f"{table}: server sent {server_rows} rows, {rows} were written")
     return rows

@@ -248,7 +248,8 @@ def _check_file(
     problems = []
     if info.size != entry.get("bytes"):
         problems.append(f"{name} is {info.size} bytes, the manifest says {entry.get('bytes')}")
-    columns = [c[0] for c in entry.get("columns", [])]
+    described = entry.get("columns", [])
+    columns = [c[0] for c in described]
     link = link_column(table, columns)
     try:
         if hash_file and _sha256(storage, name) != entry.get("sha256"):
@@ -256,20 +257,20 @@ def _check_file(
         with storage.open(name) as raw:
             rows = decompressing(raw, name)
             if not problems and not deep:
-                return _header_problems(fmt, rows, columns, name), None
-            scan = fmt.scan(rows, columns.index(link) if link else None)
+                return _header_problems(fmt, rows, described, name), None
+            scan = fmt.scan(rows, described, columns.index(link) if link else None)
     except (*fmt.errors, OSError, EOFError, zstandard.ZstdError) as exc:
         return [*problems, f"{name} is not valid {fmt.description}: {exc}"], None
-    if scan.header != columns:
+    if scan.header is not None and scan.header != columns:
         problems.append(f"{name} header {scan.header} does not match the manifest's columns")
     if scan.rows != entry.get("rows"):
         problems.append(f"{name} holds {scan.rows} rows, the manifest says {entry.get('rows')}")
     return problems, scan.ids
 
 
-def _header_problems(fmt: Any, rows: BinaryIO, columns: list[str], name: str) -> list[str]:
+def _header_problems(fmt: Any, rows: BinaryIO, columns: list[list[str]], name: str) -> list[str]:
     try:
-        same = fmt.header(rows) == columns
+        same = fmt.header_matches(rows, columns)
     except (*fmt.errors, OSError, EOFError, zstandard.ZstdError):
         same = False
     return [] if same else [f"{name} header does not match the manifest's columns"]

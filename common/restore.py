@@ -139,12 +139,35 @@ def _create_missing(
     return created, deferred + foreign_keys
 
 
+def _check_types(cur, table: str, columns: list[list[str]], fmt: Any) -> None:
+    """A binary file holds each value in its column type's own representation: refuse a
+    target whose columns have other types, before COPY would misread them."""
+    cur.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+        (table_identifier(table).as_string(cur.connection),),
+    )
+    target = dict(cur.fetchall())
+    differ = [
+        f"{name} is {kind} in the backup but {target.get(name, 'missing')} here"
+        for name, kind in columns
+        if target.get(name) != kind
+    ]
+    if differ:
+        raise RestoreError(
+            f"{table}: {'; '.join(differ)}; a {fmt.description} backup restores only into the "
+            "column types it was taken from; nothing was restored"
+        )
+
+
 def _load(cur, ref: SetRef, table: str, entry: dict[str, Any]) -> int:
     """COPY one file into `table`; the rows loaded, checked against the manifest.
 
     The file is read once, hashed as COPY reads it: a file swapped after the set was
     verified is caught here, before anything commits."""
     fmt = file_format(entry.get("format", DEFAULT_FORMAT))  # checked by verify_set
+    if fmt.exact_types:
+        _check_types(cur, table, entry["columns"], fmt)
     copy = fmt.copy_from(table_identifier(table), [c[0] for c in entry["columns"]])
     with ref.storage.open(entry["file"]) as raw:
         data, hashed = open_checked(raw, entry["file"])

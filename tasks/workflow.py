@@ -18,6 +18,7 @@ from celery import Signature, chord
 from celery.result import AsyncResult
 
 from common.config import Settings, load_settings, validate_task_id
+from common.formats import file_format
 from common.run_result import RunRequest
 from tasks import names
 from tasks.app import app
@@ -30,6 +31,7 @@ def splits(settings: Settings, table: str) -> bool:
     return (
         vector.split_workers > 1
         and table in vector.split_tables
+        and file_format(vector.file_format).can_split
         and settings.backup_storage().local_root is not None
     )
 

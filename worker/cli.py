@@ -170,6 +170,34 @@ def verify(path):
     click.echo("\n".join(output.verified_lines(manifest, manifest_path)))
 
 
+@cli.command("export-csv")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Directory to write {table}_{timestamp}.csv into.",
+)
+def export_csv(path, out):
+    """Turn a binary backup set into the seeds' CSV files, without a database.
+
+    PATH is a backup directory (its newest set) or one set's manifest_*.json. The set is
+    verified first; the files equal a CSV backup of the same snapshot.
+    """
+    from common.config import load_settings
+    from common.export import export_csv as export
+
+    try:
+        settings = load_settings()
+        done = export(path, out, settings.signing_key, settings.vector.backup_temp_suffix)
+    except (VectorBackupError, OSError) as exc:
+        click.echo(f"✗ export failed, no partial file was left: {exc}")
+        sys.exit(1)
+    for table, name, rows in done:
+        click.echo(f"✓ {table}: {rows:,} rows -> {out / name}")
+
+
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(

@@ -4,11 +4,15 @@ A format is a module here named for it (`csv`), exposing `FORMAT`, an object wit
 
 - `name`, `description` (for messages), `extension` (before any compression suffix);
 - `copy_to(source, header)`: the `COPY ... TO STDOUT` that writes it, and
-  `header_records`: how many of COPY's messages come before the first row;
-- `copy_from(table, columns)`: the `COPY ... FROM STDIN` that reads it back;
-- `header(stream)` and `scan(stream, id_column)`: its column names, and its row count and
-  the distinct values of one column, from the decompressed bytes; `errors`: what a
-  malformed file raises while being read.
+  `header_records` / `trailer_records`: how many of COPY's messages come before the
+  first row and after the last;
+- `copy_from(table, columns)`: the `COPY ... FROM STDIN` that reads it back, and
+  `exact_types`: whether it restores only into columns of the types it was taken from;
+- `can_split`: whether range-split may join ranges of it into one file;
+- `header_matches(stream, columns)` and `scan(stream, columns, id_column)`: whether the
+  file starts as it should, and its row count and the distinct values of one column,
+  from the decompressed bytes (`columns`: the manifest's [name, type] pairs); `errors`:
+  what a malformed file raises while being read.
 
 Adding a format is adding its module and allowing its name in `VECTOR_BACKUP_FORMAT`
 (`common.config`).

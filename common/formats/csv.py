@@ -10,7 +10,7 @@ from psycopg2 import sql
 
 
 class Scan(NamedTuple):
-    header: list[str]
+    header: list[str] | None  # the column names the file carries, if it carries any
     rows: int
     ids: set[str] | None  # the distinct non-empty values of the scanned column
 
@@ -20,6 +20,9 @@ class CsvFormat:
     description = "UTF-8 CSV"
     extension = ".csv"
     header_records = 1  # COPY sends the header line as a message of its own
+    trailer_records = 0
+    can_split = True  # range-split copies ranges without headers and appends them
+    exact_types = False  # text: restores into any column types that parse it
     errors = (csv.Error, UnicodeDecodeError)
 
     def copy_to(self, source: sql.Composable, header: bool = True) -> sql.Composed:
@@ -32,10 +35,10 @@ class CsvFormat:
             table, names
         )
 
-    def header(self, stream: BinaryIO) -> list[str]:
-        return next(csv.reader(_text(stream)), [])
+    def header_matches(self, stream: BinaryIO, columns: list[list[str]]) -> bool:
+        return next(csv.reader(_text(stream)), []) == [c[0] for c in columns]
 
-    def scan(self, stream: BinaryIO, id_column: int | None) -> Scan:
+    def scan(self, stream: BinaryIO, columns: list[list[str]], id_column: int | None) -> Scan:
         """Header, row count and, for `id_column`, its distinct non-empty values (CSV NULL
         is empty); a value with embedded newlines is one row."""
         reader = csv.reader(_text(stream))

@@ -83,8 +83,8 @@ class Holder:
         self.board, self.attempt, self.workers, self.min_bytes = board, attempt, workers, min_bytes
         self.part, self.direct, self.on_plan, self.fmt = part, direct, on_plan, fmt
 
-    def writer(self, sink: BinaryIO, every: int, report: Report, header_records: int) -> HolderWriter:
-        return HolderWriter(sink, every, report, header_records)
+    def writer(self, sink: BinaryIO, every: int, report: Report, fmt: Any) -> HolderWriter:
+        return HolderWriter(sink, every, report, fmt.header_records)
 
     def copy(self, conn: Connection, table: str, whole: sql.Composed, writer: HolderWriter) -> int:
         copiers = self.workers + (self.on_plan is not None)

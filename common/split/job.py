@@ -77,9 +77,11 @@ class SplitJob:
 
     def _hold(self, conn: Connection, attempt: int) -> TableBackup:
         inner = _InnerHelper(self.target, self._helper)
-        # Ranges are shared through a local directory; elsewhere the holder copies alone
-        # and the table's other tasks return once it has settled.
-        holder = self._holder(attempt, inner) if self._helper.root is not None else None
+        # Ranges are shared through a local directory, in a format whose ranges join;
+        # otherwise the holder copies alone and the table's other tasks return once it
+        # has settled.
+        shares = self._helper.root is not None and self.job.format.can_split
+        holder = self._holder(attempt, inner) if shares else None
         job = self.job.reporting_to(inner.adding_its_rows(self.job.on_progress))
         beat = self.board.holding()
         try:
