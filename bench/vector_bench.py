@@ -41,6 +41,10 @@ TABLE = "langchain_pg_embedding"
 HALVES = "two psql \\copy on TID halves"
 SINGLE = "this project, single stream"
 SPLIT = "this project, range-split, 2 workers"
+BINARY = "this project, binary format"
+# Issue 17's targets for the binary format: backup (whole chain) and restore, each
+# against `psql \copy` CSV in the same run.
+BINARY_TARGETS = {"wide": (3.0, 4.0), "narrow": (1.6, 2.5)}
 WORKLOADS = {"wide": (20_000, 1536), "narrow": (1_000_000, 16)}
 
 
@@ -317,7 +321,8 @@ def peak_rss(url: str, rows: int, scratch: Path) -> int:
     return int(out.stdout.split()[-1])
 
 
-def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int) -> list[str]:
+def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int, workers) -> list[str]:
+    workers.use("csv")
     say(f"{name}: seeding {rows:,} rows x {dim} dims")
     seed(url, rows, dim)
     out = scratch / "out.csv"
@@ -327,6 +332,7 @@ def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int
     dump = scratch / "dump.sql"
     results: list[dict] = []
     split: list[dict] = []
+    binary: list[dict] = []
     packed: dict[str, dict] = {}
     methods = {
         "psql \\copy": lambda: psql_copy_out(url, out),
@@ -407,6 +413,8 @@ def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int
     ]
     lines += [u.line(m, baseline.seconds) for m, u in usage.items()]
 
+    lines += binary_phase(url, out, name, repeat, workers, binary, timing)
+
     say(f"{name}: restore")
     newest = Path(results[-1]["backup_directory"])
     manifest = json.loads((newest / results[-1]["manifest"]).read_text())
@@ -422,15 +430,92 @@ def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int
         drop_restored(restore_dsn)
         project_restore(restore_dsn, newest / results[-1]["manifest"])
 
+    binary_set = Path(binary[-1]["backup_directory"]) / binary[-1]["manifest"]
+
+    def ours_binary():
+        drop_restored(restore_dsn)
+        project_restore(restore_dsn, binary_set)
+
     copy_in = timing("psql \\copy FROM", median_time(baseline_restore, repeat))
     restore = timing("this project's restore (verify + COPY FROM)", median_time(ours, repeat), target=0.9)
+    binary_restore = timing(
+        "this project's restore of the binary set",
+        median_time(ours_binary, repeat),
+        target=BINARY_TARGETS.get(name, (None, None))[1],
+    )
     lines += [
         "",
         "| restore | time (median) | rows/s | MB/s | vs psql \\copy FROM | target | |",
         "|---|---|---|---|---|---|---|",
     ]
-    lines += [copy_in.line(copy_in), restore.line(copy_in), ""]
+    lines += [copy_in.line(copy_in), restore.line(copy_in), binary_restore.line(copy_in), ""]
     return lines
+
+
+def binary_phase(url: str, out: Path, name: str, repeat: int, workers, binary: list, timing) -> list[str]:
+    """The binary format through a worker started with VECTOR_BACKUP_FORMAT=binary,
+    interleaved with `psql \\copy` (CSV) measured again in this phase."""
+    workers.use("binary")
+    say(f"{name}: binary format")
+    discard_set(chain_backup())  # warm-up of the new worker: imports, connections
+    methods = {"psql \\copy": lambda: psql_copy_out(url, out), BINARY: lambda: binary.append(chain_backup())}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(repeat):
+        for method, run in methods.items():
+            times[method].append(median_time(run, 1))
+            for done in binary[:-1]:
+                discard_set(done)
+            os.sync()
+    say(f"{name}: " + "; ".join(f"{m} {[round(x, 2) for x in t]}" for m, t in times.items()))
+    baseline = timing("psql \\copy (CSV), this phase", statistics.median(times["psql \\copy"]))
+    target = BINARY_TARGETS.get(name, (None, None))[0]
+    ours = timing(f"{BINARY} (whole chain)", statistics.median(times[BINARY]), target=target)
+    table = statistics.median(r["tables_backed_up"][TABLE]["duration"] for r in binary)
+    smaller = binary[-1]["tables_backed_up"][TABLE]["file_size_bytes"]
+    return [
+        "",
+        f"Binary format (`VECTOR_BACKUP_FORMAT=binary`, a worker started with it; the file is "
+        f"{out.stat().st_size / smaller:.1f}× smaller than the CSV):",
+        "",
+        "| method | time (median) | rows/s | MB/s | vs psql \\copy | target | |",
+        "|---|---|---|---|---|---|---|",
+        baseline.line(baseline),
+        ours.line(baseline),
+        timing(f"{BINARY} (the table task)", table, target=target).line(baseline),
+    ]
+
+
+class Workers:
+    """One `celery -A worker worker -c 2` at a time, started with the file format asked for."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch, self.process, self.format = scratch, None, None
+
+    def use(self, file_format: str) -> None:
+        if self.format == file_format:
+            return
+        self.stop()
+        from worker import app
+
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "VECTOR_BACKUP_FORMAT": file_format}
+        with open(self.scratch / f"worker-{file_format}.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-q", "-A", "worker", "worker", "-c", "2", "-l", "warning"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.format = file_format
+        deadline = time.monotonic() + 60
+        while not app.control.ping(timeout=1) and time.monotonic() < deadline:
+            pass
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+            self.process = None
 
 
 def main() -> int:
@@ -450,7 +535,7 @@ def main() -> int:
     from worker.embedded import start_postgres, start_redis
 
     scratch = Path(tempfile.mkdtemp(prefix="vector-bench-"))
-    servers, worker = [], None
+    servers, workers = [], None
     try:
         servers.append(start_postgres(scratch / "pg"))
         servers.append(start_redis(scratch / "redis"))
@@ -465,17 +550,8 @@ def main() -> int:
         from worker import app
 
         app.conf.update(broker_url=redis_url, result_backend=redis_url)
-        with open(scratch / "worker.log", "wb") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-q", "-A", "worker", "worker", "-c", "2", "-l", "warning"],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while not app.control.ping(timeout=1) and time.monotonic() < deadline:
-            pass
+        workers = Workers(scratch)
+        workers.use("csv")
         seed(url, 0, 16)
         chain_backup()  # warm-up: connections, imports, the first chord
         lines = [
@@ -486,7 +562,8 @@ def main() -> int:
             "",
         ]
         for name, (rows, dim) in workloads.items():
-            lines += measure(url, scratch, name, rows, dim, args.repeat)
+            lines += measure(url, scratch, name, rows, dim, args.repeat, workers)
+        workers.use("csv")
         say("memory and chain overhead")
         small, big = peak_rss(url, 10_000, scratch), peak_rss(url, 1_000_000, scratch)
         growth = (big - small) / 2**20
@@ -508,9 +585,8 @@ def main() -> int:
         say(f"written to {args.out}")
         return 0
     finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(30)
+        if workers is not None:
+            workers.stop()
         from worker.celery_app import release_pending_results
 
         release_pending_results()

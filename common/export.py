@@ -1,7 +1,7 @@
 """A binary set as the seeds' CSV files, without a database: `python -m worker export-csv`.
 
 Each value is decoded from its binary representation to the text PostgreSQL prints for
-it, and written as `COPY ... (FORMAT csv, HEADER)` writes it, so the files equal a CSV
+it, and written as COPY writes CSV with a header, so the files equal a CSV
 backup of the same snapshot byte for byte. Pure Python: formatting every float of a
 vector is slow (about 100,000 floats a second), which suits an escape hatch, not a
 routine step.

@@ -1,6 +1,6 @@
 """PostgreSQL's binary COPY stream, read without a database: its tuples, the LangChain
 column types decoded to the text PostgreSQL prints for them, and CSV written exactly as
-`COPY ... (FORMAT csv)` writes it.
+COPY writes CSV.
 
 Stream: an 11-byte signature, flags and header-extension length (int32 each), then per
 tuple an int16 field count and per field an int32 length (-1 for NULL) and the bytes;
@@ -201,7 +201,7 @@ def _layout(digits: str, exponent: int) -> str:
 
 
 def csv_line(row: list[str | None]) -> str:
-    """A row as `COPY ... (FORMAT csv)` writes it: NULL empty and unquoted; a value quoted
+    """A row as COPY writes CSV: NULL empty and unquoted; a value quoted
     (quotes doubled) when it is empty or holds a comma, quote, CR or LF, or is `\\.` alone
     in a one-column table. Python's csv module cannot tell NULL from '' (3.11)."""
     alone = len(row) == 1
