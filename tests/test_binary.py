@@ -16,6 +16,7 @@ import pytest
 from common.backup import backup_table
 from common.config import VectorTableManagement
 from common.exceptions import RestoreError, VerifyError
+from common.export import export_csv
 from common.formats import file_format
 from common.manifest import verify_set, write_manifest
 from common.pgbinary import BinaryCopyError, float4_text, read_tuples
@@ -144,3 +145,31 @@ def test_a_truncated_stream_and_an_unknown_format_are_clear_errors():
     with pytest.raises(Exception, match="VECTOR_BACKUP_FORMAT must be one of csv, binary"):
         VectorTableManagement(file_format="parquet")
     assert file_format("binary").extension == ".pgcopy"
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_a_compressed_binary_set_verifies_restores_and_exports(store, tmp_path, compression):
+    add_awkward_rows(store.conn, store.kind, store.collection_id)
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 300, dim=8)
+    before = {t: row_texts(store.conn, t) for t in TABLES}
+    packed = dataclasses.replace(BINARY, compression=compression)
+    storage = open_storage(tmp_path / "set")
+    tables = [backup_table(store.conn, TableJob(t, storage, TS, packed)) for t in TABLES]
+    name = write_manifest(storage, aggregate_backups(REQUEST, tables, storage, {}), {})
+    plain = {
+        t: backup_table(store.conn, TableJob(t, tmp_path / "csv", TS, VectorTableManagement()))
+        for t in TABLES
+    }
+
+    assert tables[1]["backup_file"].endswith(".pgcopy" + {"zstd": ".zst", "gzip": ".gz"}[compression])
+    assert verify_set(tmp_path / "set" / name, deep=True)["tables"]["langchain_pg_embedding"]["rows"] == 310
+    exported = export_csv(tmp_path / "set" / name, tmp_path / "exported")
+    for table, file, rows in exported:
+        assert rows == plain[table]["row_count"]
+        assert (tmp_path / "exported" / file).read_bytes() == (
+            tmp_path / "csv" / plain[table]["backup_file"]
+        ).read_bytes()
+    with store.conn.cursor() as cur:
+        cur.execute("DELETE FROM langchain_pg_embedding")
+    restore_set(store.conn, tmp_path / "set" / name)
+    assert {t: row_texts(store.conn, t) for t in TABLES} == before
