@@ -71,10 +71,10 @@ def find_set(settings: Settings, name: str) -> tuple[SetRef, dict[str, Any]]:
 
 
 def open_set_file(settings: Settings, name: str, file_name: str) -> tuple[BinaryIO, FileInfo, str | None]:
-    """A file of the set, opened, its size and time, and its sha256 if the manifest has
-    it: a file its manifest lists, or the manifest
-    itself. Nothing else, so no name can reach outside the backup directory; what is sent
-    is the file that was opened, however the directory changes meanwhile."""
+    """A file of the set, opened, with its size and time and, if the manifest has it, its
+    sha256: a file its manifest lists, or the manifest itself. Nothing else, so no name
+    can reach outside the backup directory; what is sent is the file that was opened,
+    however the directory changes meanwhile."""
     ref, manifest = find_set(settings, name)
     allowed = {entry.get("file") for entry in manifest["tables"].values()} | {ref.manifest}
     if file_name not in allowed or Path(file_name).name != file_name:

@@ -43,7 +43,7 @@ def _export_table(ref: SetRef, target: Any, table: str, entry: dict[str, Any]) -
     columns = entry["columns"]
     try:
         decoders = [decoder(kind) for _, kind in columns]
-    except ValueError as exc:
+    except BinaryCopyError as exc:
         raise VerifyError(f"{table}: {exc}") from None
     name = backup_file_name(table, ref.timestamp)
     rows = 0

@@ -64,12 +64,21 @@ def _exactly(stream: BinaryIO, size: int) -> bytes:
 
 
 def decoder(column_type: str) -> Callable[[bytes], str]:
-    """The text of a field of `column_type` (as `format_type` names it); ValueError for a
-    type this reader does not know."""
+    """The text of a field of `column_type` (as `format_type` names it). A type this
+    reader does not know, or a field its type cannot hold, is a `BinaryCopyError`: both
+    come from a backup directory, which is hostile input."""
     base = column_type.split("(", 1)[0].strip().lower()
     if base not in DECODERS:
-        raise ValueError(f"no binary decoder for column type {column_type!r}")
-    return DECODERS[base]
+        raise BinaryCopyError(f"no binary decoder for column type {column_type[:60]!r}")
+    decode = DECODERS[base]
+
+    def checked(data: bytes) -> str:
+        try:
+            return decode(data)
+        except (ValueError, struct.error) as exc:
+            raise BinaryCopyError(f"a {base} field that is not one: {exc}") from None
+
+    return checked
 
 
 def _text(data: bytes) -> str:

@@ -19,7 +19,7 @@ from common.exceptions import RestoreError, VerifyError
 from common.export import export_csv
 from common.formats import file_format
 from common.manifest import verify_set, write_manifest
-from common.pgbinary import BinaryCopyError, float4_text, read_tuples
+from common.pgbinary import BinaryCopyError, decoder, float4_text, read_tuples
 from common.restore import restore_set
 from common.run_result import aggregate_backups
 from common.storage import open_storage
@@ -173,3 +173,23 @@ def test_a_compressed_binary_set_verifies_restores_and_exports(store, tmp_path, 
         cur.execute("DELETE FROM langchain_pg_embedding")
     restore_set(store.conn, tmp_path / "set" / name)
     assert {t: row_texts(store.conn, t) for t in TABLES} == before
+
+
+def test_a_binary_manifest_naming_an_unknown_id_type_is_a_verify_problem_not_a_crash(store, tmp_path):
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 20, dim=8)
+    storage = open_storage(tmp_path)
+    tables = [backup_table(store.conn, TableJob(t, storage, TS, BINARY)) for t in TABLES]
+    link = [c[0] for c in tables[1]["columns"]].index("collection_id")
+    tables[1]["columns"][link][1] = "no_such_type"
+    name = write_manifest(storage, aggregate_backups(REQUEST, tables, storage, {}), {})
+
+    with pytest.raises(VerifyError, match="no binary decoder for column type 'no_such_type'"):
+        verify_set(tmp_path / name, deep=True)
+
+
+@pytest.mark.parametrize(
+    ("kind", "data"), [("uuid", b"short"), ("vector", b"\x00\x09\x00\x00"), ("jsonb", b"\x02{}")]
+)
+def test_a_malformed_field_is_a_binary_copy_error(kind, data):
+    with pytest.raises(BinaryCopyError):
+        decoder(kind)(data)
