@@ -25,6 +25,7 @@ EMBEDDING_TABLE = "langchain_pg_embedding"
 PLACEHOLDER = "change-me"
 # The file formats (common.formats) and storages (common.storage) a backup may use.
 FILE_FORMATS = ("csv", "binary")
+MEMORY = re.compile(r"[1-9][0-9]{0,6}(kB|MB|GB|TB)")
 TASK_ID_PATTERN = re.compile(r"[a-zA-Z0-9_]+")  # matched whole (fullmatch): no trailing newline
 
 
@@ -111,11 +112,36 @@ class RunControl:
 
 
 @dataclass(frozen=True)
+class RestoreSettings:
+    """How a restore loads, builds indexes and swaps tables (docs/configuration.md)."""
+
+    jobs: int = field(default_factory=lambda: min(os.cpu_count() or 1, 8))
+    maintenance_work_mem: str = "512MB"
+    parallel_workers: int = 2  # max_parallel_maintenance_workers for index builds
+    lock_timeout_s: float = 0.5  # the longest a search queues behind one swap attempt
+    swap_wait_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.jobs <= 32:
+            raise ConfigurationError("VECTOR_RESTORE_JOBS must be between 1 and 32")
+        if not MEMORY.fullmatch(self.maintenance_work_mem):
+            raise ConfigurationError("VECTOR_RESTORE_MAINTENANCE_WORK_MEM must look like 512MB or 2GB")
+        if not 0 <= self.parallel_workers <= 64:
+            raise ConfigurationError("VECTOR_RESTORE_PARALLEL_WORKERS must be between 0 and 64")
+        if not 0 < self.lock_timeout_s <= 60 or self.swap_wait_s < self.lock_timeout_s:
+            raise ConfigurationError(
+                "VECTOR_RESTORE_LOCK_TIMEOUT must be between 0 and 60 seconds, and "
+                "VECTOR_RESTORE_SWAP_WAIT at least as long"
+            )
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseTarget
     task_root: Path = Path("data_pipeline/training_data")
     vector: VectorTableManagement = field(default_factory=VectorTableManagement)
     runs: RunControl = field(default_factory=RunControl)
+    restore: RestoreSettings = field(default_factory=RestoreSettings)
     # HMAC-SHA256 key for manifests: with it, a set is only trusted if its manifest is
     # signed with it (`VECTOR_SIGNING_KEY`).
     signing_key: str | None = field(default=None, repr=False)
@@ -216,11 +242,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             _number(env, "VECTOR_TRUNCATE_DEADLINE", RunControl.truncate_deadline_s, float)
         ),
     )
+    how = RestoreSettings()
+    restore = RestoreSettings(
+        jobs=int(_number(env, "VECTOR_RESTORE_JOBS", how.jobs)),
+        maintenance_work_mem=env.get("VECTOR_RESTORE_MAINTENANCE_WORK_MEM", how.maintenance_work_mem),
+        parallel_workers=int(_number(env, "VECTOR_RESTORE_PARALLEL_WORKERS", how.parallel_workers)),
+        lock_timeout_s=float(_number(env, "VECTOR_RESTORE_LOCK_TIMEOUT", how.lock_timeout_s, float)),
+        swap_wait_s=float(_number(env, "VECTOR_RESTORE_SWAP_WAIT", how.swap_wait_s, float)),
+    )
     return Settings(
         database=database_from_env(env),
         task_root=Path(env.get("VECTOR_TASK_ROOT", "data_pipeline/training_data")),
         vector=vector,
         runs=runs,
+        restore=restore,
         signing_key=env.get("VECTOR_SIGNING_KEY") or None,
     )
 

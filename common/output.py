@@ -175,5 +175,6 @@ def restored_lines(done: Mapping[str, Any], target: DatabaseTarget, mode: str) -
     ]
     return [
         *lines,
-        f"✓ {done['manifest']} restored into {target.describe()} ({mode}) in {done['duration']:.1f}s",
+        f"✓ {done['manifest']} restored into {target.describe()} "
+        f"({mode}, {done.get('strategy', 'in place')}) in {done['duration']:.1f}s",
     ]

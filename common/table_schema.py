@@ -173,13 +173,22 @@ def _check_schema(schema: Any, columns: list[str], refuse) -> None:
 
 
 def create_statements(
-    conn: Connection, table: str, schema: dict[str, Any], columns: list[str], tables: tuple[str, ...]
+    conn: Connection,
+    table: str,
+    schema: dict[str, Any],
+    columns: list[str],
+    tables: tuple[str, ...],
+    into: Relations | None = None,
 ) -> tuple[sql.Composed, list[sql.Composed], list[sql.Composed]]:
     """CREATE TABLE for `table`, the keys and indexes to build after its rows are in, and
     its foreign keys (to add once every table's keys are built). `schema` must have passed
     `check_schema`; here the server checks that each type and operator class exists, and
     foreign keys may only reference `tables`. Raises `VerifyError` before anything is
-    created."""
+    created.
+
+    `into` builds them for other relations: a staging table (`into.table`) whose keys and
+    indexes carry other names (`into.index`) and whose foreign keys reference the other
+    staging tables (`into.table` of the configured table referenced)."""
     check_schema(table, schema, columns)  # again: nothing unchecked is ever composed
     if "unsupported" in schema:
         raise VerifyError(
@@ -194,7 +203,8 @@ def create_statements(
                 f"{table}: foreign key {key['name']!r} references {key['references']!r}, "
                 "which is not one of VECTOR_SUPPORTED_TABLES"
             )
-    ident = table_identifier(table)
+    into = into or Relations()
+    ident = into.table(table)
     with conn.cursor() as cur:
         for column in schema["columns"]:
             cur.execute("SELECT to_regtype(%s)", (column["type"],))
@@ -230,7 +240,7 @@ def create_statements(
     for kind, key in keys:
         later.append(
             sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} ({})").format(
-                ident, sql.Identifier(key["name"]), sql.SQL(kind), _names(key["columns"])
+                ident, sql.Identifier(into.index(key["name"])), sql.SQL(kind), _names(key["columns"])
             )
         )
     for index in schema.get("indexes") or []:
@@ -245,7 +255,7 @@ def create_statements(
         later.append(
             sql.SQL("CREATE {}INDEX {} ON {} USING {} ({}){}").format(
                 sql.SQL("UNIQUE " if index["unique"] else ""),
-                sql.Identifier(index["name"]),
+                sql.Identifier(into.index(index["name"])),
                 ident,
                 sql.Identifier(index["method"]),
                 parts,
@@ -262,13 +272,24 @@ def create_statements(
                 ident,
                 sql.Identifier(key["name"]),
                 _names(key["columns"]),
-                table_identifier(references[key["name"]]),
+                into.table(references[key["name"]]),
                 _names(key["ref_columns"]),
                 ACTION_SQL[key["on_delete"]],
                 ACTION_SQL[key["on_update"]],
             )
         )
     return create, later, foreign
+
+
+class Relations:
+    """The relations statements are composed for: by default the tables themselves and
+    their keys' and indexes' own names."""
+
+    def table(self, name: str) -> sql.Composed:
+        return table_identifier(name)
+
+    def index(self, name: str) -> str:
+        return name
 
 
 def _configured(reference: str, tables: tuple[str, ...]) -> str | None:

@@ -31,11 +31,19 @@ def verify_backup_set(path: str) -> dict[str, Any]:
 
 
 @app.task(name=names.RESTORE_SET)
-def restore_backup_set(path: str, mode: str = "replace") -> RestoreResult:
-    """Verify, then restore the set at `path` into the worker's configured database."""
+def restore_backup_set(path: str, mode: str = "replace", jobs: int | None = None) -> RestoreResult:
+    """Verify, then restore the set at `path` into the worker's configured database
+    (`jobs` loaders, default `VECTOR_RESTORE_JOBS`)."""
     settings = load_settings()
     conn = connect(settings.database)
     try:
-        return restore_set(conn, inside_task_root(settings, path), mode, settings)
+        return restore_set(
+            conn,
+            inside_task_root(settings, path),
+            mode,
+            settings,
+            jobs=jobs,
+            connect=lambda: connect(settings.database),
+        )
     finally:
         conn.close()

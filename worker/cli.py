@@ -208,13 +208,15 @@ def export_csv(path, out):
     type=click.Choice(["replace", "append"]),
     default="replace",
     show_default=True,
-    help="replace: the tables' rows are deleted first (same transaction); append: rows are added.",
+    help="replace: the tables' rows are replaced (staging tables swapped in); append: rows are added.",
 )
 def restore(path, db_connection, mode):
-    """Verify a backup set, then restore it with COPY FROM in one transaction.
+    """Verify a backup set, then restore it with COPY FROM: every table or none.
 
     PATH is a backup directory (its newest set) or one set's manifest_*.json. Missing
-    tables (and the vector extension) are created from the manifest.
+    tables (and the vector extension) are created from the manifest. replace loads
+    staging tables, builds their indexes, then swaps them in: searches keep answering
+    from the old rows until that short swap.
     """
     from common.config import load_settings
     from common.db import DatabaseTarget, connect
@@ -224,7 +226,7 @@ def restore(path, db_connection, mode):
         target = DatabaseTarget.from_url(db_connection) if db_connection else load_settings().database
         conn = connect(target)
         try:
-            done = restore_set(conn, path, mode)
+            done = restore_set(conn, path, mode, connect=lambda: connect(target))
         finally:
             conn.close()
     except VectorBackupError as exc:

@@ -1,0 +1,287 @@
+"""Restore by swapping, as a careful DBA would by hand: load staging tables beside the
+live ones with no secondary index, build their keys and indexes in bulk, then drop the
+live tables and rename the staging ones into their place in one short transaction.
+
+Until that transaction the store answers searches from its old rows; a failure at any
+earlier point drops the staging tables and leaves the live ones untouched. A crash
+leaves staging tables behind, marked by their comment; the next restore drops them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
+
+from common.db import table_identifier
+from common.exceptions import RestoreError, VerifyError
+from common.swap_check import swap_refusal
+from common.table_schema import Relations, create_statements, read_schema
+
+MARK = "pgvector-backup: a restore's staging table; dropped when the restore ends"
+SUFFIX = "__restoring"
+# Privileges GRANT may name; an ACL entry is composed from these words only.
+PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN")
+LIKE = sql.SQL(
+    "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION "
+    "INCLUDING COMMENTS INCLUDING GENERATED"
+)
+
+
+@dataclass
+class Staged:
+    """One configured table's staging table and what turns it into the live one."""
+
+    table: str
+    namespace: str
+    name: str  # the live table's own name
+    oid: int | None  # the live table's, if it exists
+    description: dict[str, Any]
+    build: list[sql.Composed] = field(default_factory=list)  # keys and indexes
+    foreign: list[sql.Composed] = field(default_factory=list)
+    create: sql.Composed | None = None  # for a table that does not exist yet
+    renames: dict[str, str] = field(default_factory=dict)  # staging index name -> live name
+
+    @property
+    def live(self) -> sql.Identifier:
+        return sql.Identifier(self.namespace, self.name)
+
+    @property
+    def stage_name(self) -> str:
+        return self.name[: 63 - len(SUFFIX)] + SUFFIX
+
+    @property
+    def stage(self) -> sql.Identifier:
+        return sql.Identifier(self.namespace, self.stage_name)
+
+    @property
+    def columns(self) -> list[str]:
+        return [c["name"] for c in self.description["columns"]]
+
+
+class _StageRelations(Relations):
+    """Statements composed for the staging tables: other names for keys and indexes
+    (a relation name is unique in its schema while both tables exist)."""
+
+    def __init__(self, staged: dict[str, Staged], current: Staged) -> None:
+        self.staged, self.current = staged, current
+
+    def table(self, name: str) -> sql.Composed:
+        return sql.Composed([self.staged[name].stage])
+
+    def index(self, name: str) -> str:
+        temp = f"{self.current.stage_name[:55]}_{len(self.current.renames)}"
+        self.current.renames[temp] = name
+        return temp
+
+
+def plan(conn: Connection, tables: dict[str, Any], manifest: dict[str, Any]) -> list[Staged] | str:
+    """The staging tables for `tables` (the manifest's entries, collection first), or why
+    they cannot be swapped in (then the restore runs in place)."""
+    staged = {table: _locate(conn, table) for table in tables}
+    oids = {s.oid for s in staged.values() if s.oid is not None}
+    for table, entry in tables.items():
+        s = staged[table]
+        if s.oid is not None:
+            s.description = read_schema(conn, table)
+            refusal = swap_refusal(conn, s.oid, s.description, oids)
+            if refusal:
+                return f"{table}: {refusal}"
+        elif manifest["format_version"] < 2 or "schema" not in entry:
+            raise RestoreError(
+                f"{table}: missing, and this format {manifest['format_version']} manifest "
+                "describes it only as SQL text, which restore never runs; create the table, "
+                "then restore into it"
+            )
+        else:
+            s.description = entry["schema"]
+        try:
+            create, s.build, s.foreign = create_statements(
+                conn, table, s.description, s.columns, tuple(tables), into=_StageRelations(staged, s)
+            )
+        except VerifyError as exc:
+            if s.oid is None:
+                raise RestoreError(f"{exc}; nothing was restored") from None
+            return str(exc)
+        s.create = create if s.oid is None else None
+    if len({s.stage_name for s in staged.values()}) < len(staged):
+        return "two tables' staging names would be the same"
+    return list(staged.values())
+
+
+def _locate(conn: Connection, table: str) -> Staged:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT c.oid, n.nspname, c.relname FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
+            (table_identifier(table).as_string(conn),),
+        )
+        found = cur.fetchone()
+        if found:
+            return Staged(table, found[1], found[2], found[0], {})
+        parts = table.split(".")
+        if len(parts) == 1:
+            cur.execute("SELECT current_schema()")
+            parts.insert(0, cur.fetchone()[0])
+        return Staged(table, parts[0], parts[1], None, {})
+
+
+def drop_leftovers(conn: Connection, staged: list[Staged]) -> None:
+    """Drop the staging tables a crashed restore left; refuse if a table that is not a
+    staging table has a staging table's name."""
+    with conn.cursor() as cur:
+        for s in staged:
+            cur.execute(
+                "SELECT obj_description(c, 'pg_class') FROM to_regclass(%s) c WHERE c IS NOT NULL",
+                (s.stage.as_string(conn),),
+            )
+            found = cur.fetchone()
+            if found and found[0] != MARK:
+                raise RestoreError(
+                    f"{s.table}: a table named {s.stage_name} exists and is not a restore's "
+                    "staging table; rename it, then restore again; nothing was restored"
+                )
+    drop(conn, staged)
+
+
+def create(conn: Connection, staged: list[Staged]) -> None:
+    """Create the staging tables, empty and with no key or index yet."""
+    with conn.cursor() as cur:
+        for s in staged:
+            if s.create is not None:
+                cur.execute(s.create)
+            else:
+                cur.execute("SELECT relpersistence, reloptions FROM pg_class WHERE oid = %s", (s.oid,))
+                persistence, options = cur.fetchone()
+                unlogged = sql.SQL("UNLOGGED " if persistence == "u" else "")
+                cur.execute(sql.SQL("CREATE {}TABLE {} (LIKE {} {})").format(unlogged, s.stage, s.live, LIKE))
+                for option in options or []:
+                    key, value = option.split("=", 1)
+                    cur.execute(
+                        sql.SQL("ALTER TABLE {} SET ({} = {})").format(
+                            s.stage, sql.Identifier(key), sql.Literal(value)
+                        )
+                    )
+            cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(s.stage, sql.Literal(MARK)))
+
+
+def build(conn: Connection, staged: list[Staged], memory: str, workers: int) -> None:
+    """Keys and indexes in bulk (as pg_restore does), then the foreign keys between the
+    staging tables, then statistics, so the planner knows the new tables at once."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT set_config('maintenance_work_mem', %s, false)", (memory,))
+        cur.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", (str(workers),))
+        for statement in [st for s in staged for st in s.build] + [st for s in staged for st in s.foreign]:
+            cur.execute(statement)
+        for s in staged:
+            cur.execute(sql.SQL("ANALYZE {}").format(s.stage))
+
+
+def swap(conn: Connection, staged: list[Staged], lock_timeout_s: float, wait_s: float) -> None:
+    """Drop the live tables and rename the staging ones into their place, in one
+    transaction that waits at most `lock_timeout_s` for the tables at a time (readers
+    queue behind a waiting lock), retried for `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    pause = 0.1
+    conn.autocommit = False
+    try:
+        while True:
+            try:
+                _swap_once(conn, staged, lock_timeout_s)
+                conn.commit()
+                return
+            except psycopg2.errors.LockNotAvailable:
+                conn.rollback()
+                if time.monotonic() + pause > deadline:
+                    raise RestoreError(
+                        f"the live tables stayed in use for {wait_s:g}s (long queries or open "
+                        "transactions hold them), so they were not swapped; nothing was restored"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+    finally:
+        if not conn.closed:
+            conn.rollback()
+            conn.autocommit = True
+
+
+def _swap_once(conn: Connection, staged: list[Staged], lock_timeout_s: float) -> None:
+    live = [s for s in staged if s.oid is not None]
+    with conn.cursor() as cur:
+        cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout_s * 1000)}ms",))
+        if live:
+            cur.execute(
+                sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                    sql.SQL(", ").join(s.live for s in live)
+                )
+            )
+        keep = {s.table: _attributes(cur, s) for s in live}
+        # Referencing tables first; no CASCADE: anything depending on a table that
+        # appeared since the plan makes the DROP fail and the swap roll back.
+        for s in reversed(live):
+            cur.execute(sql.SQL("DROP TABLE {}").format(s.live))
+        for s in staged:
+            cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(s.stage, sql.Identifier(s.name)))
+            for temp, name in s.renames.items():
+                cur.execute(
+                    sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                        sql.Identifier(s.namespace, temp), sql.Identifier(name)
+                    )
+                )
+            for statement in keep.get(s.table, []):
+                cur.execute(statement)
+            if s.table not in keep:
+                cur.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(s.live))
+
+
+def _attributes(cur, s: Staged) -> list[sql.Composed]:
+    """What the live table carries that the new one must keep: owner, grants, comment."""
+    cur.execute(
+        "SELECT pg_get_userbyid(relowner), pg_get_userbyid(relowner) = current_user, "
+        "obj_description(oid, 'pg_class') FROM pg_class WHERE oid = %s",
+        (s.oid,),
+    )
+    owner, mine, comment = cur.fetchone()
+    cur.execute(
+        "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, "
+        "a.privilege_type, a.is_grantable FROM pg_class c, aclexplode(c.relacl) a "
+        "WHERE c.oid = %s AND a.grantee <> c.relowner",
+        (s.oid,),
+    )
+    grants = cur.fetchall()
+    statements = [sql.SQL("COMMENT ON TABLE {} IS {}").format(s.live, sql.Literal(comment))]
+    if not mine:
+        statements.append(sql.SQL("ALTER TABLE {} OWNER TO {}").format(s.live, sql.Identifier(owner)))
+    for grantee, privilege, grantable in grants:
+        if privilege not in PRIVILEGES:
+            raise RestoreError(f"{s.table}: grants privilege {privilege!r}, which restore cannot copy")
+        statements.append(
+            sql.SQL("GRANT {} ON TABLE {} TO {}{}").format(
+                sql.SQL(privilege),
+                s.live,
+                sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
+                sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+            )
+        )
+    return statements
+
+
+def drop(conn: Connection, staged: list[Staged]) -> None:
+    """Drop the staging tables (only tables carrying the mark); best effort: after a
+    failure the connection may be gone, and the next restore drops what is left."""
+    try:
+        with conn.cursor() as cur:
+            for s in reversed(staged):
+                cur.execute(
+                    "SELECT obj_description(c, 'pg_class') = %s FROM to_regclass(%s) c WHERE c IS NOT NULL",
+                    (MARK, s.stage.as_string(conn)),
+                )
+                if (cur.fetchone() or [False])[0]:
+                    cur.execute(sql.SQL("DROP TABLE {}").format(s.stage))
+    except psycopg2.Error:
+        pass
