@@ -13,6 +13,8 @@ Every figure is a ratio to `psql \\copy` measured in the same run on the same ta
   \\copy` processes on the table's two TID halves;
 - restore: `python -m worker restore`'s engine (verify, then COPY FROM) against
   `psql \\copy FROM`, both into empty tables with the same indexes;
+- restore into a live store with HNSW and GIN indexes, against both ways by hand, and
+  the longest wait of a concurrent search meanwhile (`bench/indexed_restore.py`);
 - memory: peak RSS of one table backup at 10k and at 1M rows;
 - chain overhead: a run on empty tables.
 
@@ -520,7 +522,7 @@ class Workers:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    parser.add_argument("--workload", choices=[*WORKLOADS, "indexed", "all"], default="all")
     parser.add_argument("--rows", type=int, help="a custom workload: rows (with --dim)")
     parser.add_argument("--dim", type=int, default=1536)
     parser.add_argument("--repeat", type=int, default=5)
@@ -529,7 +531,11 @@ def main() -> int:
     workloads = (
         {"custom": (args.rows, args.dim)}
         if args.rows
-        else (WORKLOADS if args.workload == "all" else {args.workload: WORKLOADS[args.workload]})
+        else (
+            WORKLOADS
+            if args.workload == "all"
+            else {k: v for k, v in WORKLOADS.items() if k == args.workload}
+        )
     )
 
     from worker.embedded import start_postgres, start_redis
@@ -563,6 +569,10 @@ def main() -> int:
         ]
         for name, (rows, dim) in workloads.items():
             lines += measure(url, scratch, name, rows, dim, args.repeat, workers)
+        if args.workload in ("indexed", "all") and not args.rows:
+            from bench.indexed_restore import indexed_phase
+
+            lines += indexed_phase(url, min(args.repeat, 3), workers)
         workers.use("csv")
         say("memory and chain overhead")
         small, big = peak_rss(url, 10_000, scratch), peak_rss(url, 1_000_000, scratch)

@@ -36,20 +36,38 @@ def key_type(kind: str) -> str:
     return "varchar" if kind == "langchain_postgres" else "uuid"
 
 
-def searches(conn, kind: str) -> list[list[str]]:
-    """LangChain's similarity search (cosine distance, LIMIT 5) for fixed query vectors,
-    through the HNSW index (checked with EXPLAIN)."""
+def searches(conn, kind: str, exact: bool = False) -> list[list[str]]:
+    """LangChain's similarity search (cosine distance, LIMIT 5) for fixed query vectors:
+    through the HNSW index (checked with EXPLAIN), or `exact` (no index: the true
+    neighbours, which an approximate index may miss one of on another build)."""
     with conn.cursor() as cur:
         cur.execute("SET hnsw.ef_search = 400")
+        cur.execute(f"SET enable_indexscan = {'off' if exact else 'on'}")
         found = []
         for query in QUERIES:
             text = f"SELECT {key_of(kind)}::text FROM {EMBEDDING} ORDER BY embedding <=> %s::vector LIMIT 5"
             cur.execute("EXPLAIN " + text, (str(query),))
-            assert "emb_hnsw" in " ".join(r[0] for r in cur.fetchall())
+            assert ("emb_hnsw" in " ".join(r[0] for r in cur.fetchall())) is not exact
             cur.execute(text, (str(query),))
             found.append([r[0] for r in cur.fetchall()])
-        cur.execute("RESET hnsw.ef_search")
+        cur.execute("RESET hnsw.ef_search; RESET enable_indexscan")
     return found
+
+
+def stored_vectors_found_first(conn, kind: str) -> bool:
+    """Each of a sample of stored vectors, searched for through the HNSW index, comes
+    back first: the index holds the rows it should."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT {key_of(kind)}::text, embedding::text FROM {EMBEDDING} ORDER BY 1 LIMIT 20")
+        sample = cur.fetchall()
+        for key, vector in sample:
+            cur.execute(
+                f"SELECT {key_of(kind)}::text FROM {EMBEDDING} ORDER BY embedding <=> %s::vector LIMIT 1",
+                (vector,),
+            )
+            if cur.fetchone()[0] != key:
+                return False
+    return len(sample) == 20
 
 
 def shape(conn) -> dict[str, list]:
@@ -93,7 +111,7 @@ class Indexed:
         self.store, self.directory = store, directory
         self.conn, self.kind = store.conn, store.kind
         self.backed_up = {t: row_texts(self.conn, t) for t in (COLLECTION, EMBEDDING)}
-        self.searches = searches(self.conn, self.kind)
+        self.searches = searches(self.conn, self.kind, exact=True)
         self.shape = shape(self.conn)
 
     def change_after_backup(self) -> None:
@@ -149,7 +167,9 @@ def test_restore_swaps_in_rebuilt_indexes_with_no_dead_rows_and_the_same_searche
     assert shape(conn) == indexed.shape  # same index names and definitions, all valid; keys; grants
     assert all(valid for _name, _definition, valid in shape(conn)["indexes"])
     assert dead_rows(conn, EMBEDDING) == 0
-    assert searches(conn, indexed.kind) == indexed.searches
+    assert searches(conn, indexed.kind, exact=True) == indexed.searches
+    assert len(searches(conn, indexed.kind)) == len(QUERIES)  # through the new HNSW index
+    assert stored_vectors_found_first(conn, indexed.kind)
     assert staging_tables(conn) == []
     with conn.cursor() as cur:  # the grant and the foreign key hold on the new tables
         cur.execute("SELECT has_table_privilege('vector_reader', %s, 'SELECT')", (EMBEDDING,))
