@@ -6,13 +6,23 @@ with one error naming the table."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import random
 import struct
+import threading
 import uuid
 
+import psycopg2
 import pytest
+from psycopg2 import sql
 
+from common.compression import HashingReader
+from common.exceptions import RestoreError
 from common.formats import file_format
+from common.formats.csv import CsvSplitter
+from common.parallel_load import load_parallel
 from common.pgbinary import HEADER, TRAILER, BinaryCopyError, csv_line
 
 PIECES = (1, 2, 3, 5, 8, 13, 64, 1000, 1 << 20)
@@ -148,3 +158,233 @@ def test_the_binary_splitter_refuses_a_damaged_file(damage, message):
     data, _, _ = binary_rows(20)
     with pytest.raises(BinaryCopyError, match=message):
         cut(file_format("binary").splitter(), damage(data), 16)
+
+
+# Against PostgreSQL: a source table of awkward rows, a committed target of the same
+# columns (its vector typed vector(3), so a 4-dimension vector is a bad row).
+
+SOURCE, TARGET = "parallel_load_source", "parallel_load_target"
+COLUMNS = ["id", "doc", "meta", "embedding", "n"]
+TIMEOUT_S = 30
+
+
+@pytest.fixture
+def tables(db):
+    with db.cursor() as cur:
+        cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        cur.execute(f"DROP TABLE IF EXISTS {SOURCE}, {TARGET}")
+        cur.execute(f"CREATE TABLE {SOURCE} (id uuid, doc text, meta jsonb, embedding vector, n integer)")
+        cur.execute(f"CREATE TABLE {TARGET} (id uuid, doc text, meta jsonb, embedding vector(3), n integer)")
+        rng = random.Random(7)
+        cur.executemany(
+            f"INSERT INTO {SOURCE} VALUES (%s, %s, %s, %s, %s)",
+            [
+                (
+                    str(uuid.UUID(int=i)),
+                    awkward_text(i),
+                    None if i % 5 == 0 else json.dumps({"i": i, "s": awkward_text(i + 1)}),
+                    None if i % 11 == 0 else str([round(rng.uniform(-1, 1), 6) for _ in range(3)]),
+                    None if i % 4 == 0 else i,
+                )
+                for i in range(400)
+            ],
+        )
+    yield db
+    with db.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {SOURCE}, {TARGET}")
+
+
+def backup_file(db, fmt_name: str) -> bytes:
+    out = io.BytesIO()
+    with db.cursor() as cur:
+        cur.copy_expert(file_format(fmt_name).copy_to(sql.Identifier(SOURCE)), out)
+    return out.getvalue()
+
+
+def rows_of(db, table: str) -> list[str]:
+    with db.cursor() as cur:
+        cur.execute(sql.SQL("SELECT t::text FROM {} t ORDER BY 1").format(sql.Identifier(table)))
+        return [row for (row,) in cur.fetchall()]
+
+
+def one_copy(db, fmt_name: str, data: bytes) -> list[str]:
+    """The target's rows after one plain COPY of `data`; the target is emptied again."""
+    with db.cursor() as cur:
+        cur.copy_expert(file_format(fmt_name).copy_from(sql.Identifier(TARGET), COLUMNS), io.BytesIO(data))
+        rows = rows_of(db, TARGET)
+        cur.execute(f"TRUNCATE {TARGET}")
+    return rows
+
+
+def within(seconds: float, work):
+    """`work()`'s result, failing the test if it takes longer (a hang)."""
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+class Loaders:
+    """`jobs` connections in a transaction each, as a restore into a staging table opens them."""
+
+    def __init__(self, services, jobs: int) -> None:
+        self.connections = [psycopg2.connect(services["VECTOR_DB_URL"]) for _ in range(jobs)]
+
+    def load(self, fmt_name: str, stream, piece: int) -> int:
+        return within(
+            TIMEOUT_S,
+            lambda: load_parallel(
+                self.connections, sql.Identifier(TARGET), COLUMNS, file_format(fmt_name), stream, piece=piece
+            ),
+        )
+
+    def commit(self) -> None:
+        for conn in self.connections:
+            conn.commit()
+
+    def roll_back_and_check_usable(self) -> None:
+        for conn in self.connections:
+            conn.rollback()
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                assert cur.fetchone() == (1,)
+            assert conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+            conn.rollback()
+
+    def close(self) -> None:
+        for conn in self.connections:
+            conn.close()
+
+
+@pytest.fixture
+def loaders(services):
+    opened: list[Loaders] = []
+
+    def open_loaders(jobs: int) -> Loaders:
+        opened.append(Loaders(services, jobs))
+        return opened[-1]
+
+    yield open_loaders
+    for each in opened:
+        each.close()
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+@pytest.mark.parametrize("fmt_name", ["csv", "binary"])
+def test_a_file_loaded_through_several_connections_holds_what_one_copy_loads(tables, loaders, fmt_name, jobs):
+    data = backup_file(tables, fmt_name)
+    expected = one_copy(tables, fmt_name, data)
+    assert expected == rows_of(tables, SOURCE) and len(expected) == 400
+    for piece in (3, 64, 1000, 1 << 20):  # small pieces: row ends fall everywhere
+        through = loaders(jobs)
+        stream = HashingReader(io.BytesIO(data))
+        assert through.load(fmt_name, stream, piece) == 400
+        through.commit()
+        assert rows_of(tables, TARGET) == expected, f"piece {piece}"
+        # The file was read once, in order, to its end: the caller's hash is the file's.
+        assert (stream.sha256.hexdigest(), stream.size) == (hashlib.sha256(data).hexdigest(), len(data))
+        with tables.cursor() as cur:
+            cur.execute(f"TRUNCATE {TARGET}")
+
+
+def test_the_comparison_catches_a_cut_blind_to_quotes(tables, loaders, monkeypatch):
+    """The rows above have newlines inside quotes where the cuts fall: a splitter that
+    cuts at any newline breaks the load, so the test above would see it."""
+
+    def blind(self, data):
+        newline = data.rfind(b"\n")
+        return (data, None) if newline < 0 else (data[: newline + 1], data[newline + 1 :])
+
+    monkeypatch.setattr(CsvSplitter, "split", blind)
+    data = backup_file(tables, "csv")
+    through = loaders(2)
+    try:
+        through.load("csv", io.BytesIO(data), 64)
+        through.commit()
+    except RestoreError:
+        through.roll_back_and_check_usable()
+    assert rows_of(tables, TARGET) != rows_of(tables, SOURCE)
+
+
+def bad_vector_in_the_middle(db) -> None:
+    with db.cursor() as cur:
+        cur.execute(f"UPDATE {SOURCE} SET embedding = '[1,2,3,4]' WHERE id = %s", (str(uuid.UUID(int=200)),))
+
+
+@pytest.mark.parametrize("fmt_name", ["csv", "binary"])
+def test_a_bad_row_in_the_middle_stops_every_copy_with_one_error_naming_the_table(tables, loaders, fmt_name):
+    bad_vector_in_the_middle(tables)
+    through = loaders(3)
+    with pytest.raises(RestoreError, match=rf"{TARGET}: .*expected 3 dimensions, not 4"):
+        through.load(fmt_name, io.BytesIO(backup_file(tables, fmt_name)), 512)
+    through.roll_back_and_check_usable()
+    assert rows_of(tables, TARGET) == []
+
+
+def test_a_bad_uuid_in_a_csv_file_is_refused_with_postgresql_s_words(tables, loaders):
+    data = backup_file(tables, "csv").replace(str(uuid.UUID(int=250)).encode(), b"not-a-uuid", 1)
+    through = loaders(2)
+    with pytest.raises(RestoreError, match=rf"{TARGET}: .*invalid input syntax for type uuid"):
+        through.load("csv", io.BytesIO(data), 256)
+    through.roll_back_and_check_usable()
+
+
+def test_a_damaged_file_ends_copies_that_wait_for_a_lock(tables, loaders, services):
+    """The loaders' COPYs wait for a lock, reading nothing; the file turns out damaged:
+    they are cancelled in the server rather than waited for."""
+    data = backup_file(tables, "binary")[:-5]
+    holder = psycopg2.connect(services["VECTOR_DB_URL"])
+    try:
+        with holder.cursor() as cur:
+            cur.execute(f"LOCK TABLE {TARGET} IN ACCESS EXCLUSIVE MODE")
+        through = loaders(2)
+        with pytest.raises(RestoreError, match=rf"{TARGET}: .*ends in the middle of a tuple"):
+            through.load("binary", io.BytesIO(data), 1 << 20)
+        through.roll_back_and_check_usable()
+    finally:
+        holder.close()
+
+
+class FailingRead(io.RawIOBase):
+    def __init__(self, data: bytes, fail_at: int) -> None:
+        self._data, self._fail_at, self._at = data, fail_at, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._at >= self._fail_at:
+            raise OSError("the backup disk went away")
+        chunk = self._data[self._at : self._at + len(buffer)]
+        buffer[: len(chunk)] = chunk
+        self._at += len(chunk)
+        return len(chunk)
+
+
+def test_a_failing_read_stops_every_copy(tables, loaders):
+    data = backup_file(tables, "csv")
+    through = loaders(3)
+    with pytest.raises(RestoreError, match=rf"{TARGET}: .*the backup disk went away"):
+        through.load("csv", FailingRead(data, len(data) // 2), 300)
+    through.roll_back_and_check_usable()
+    assert rows_of(tables, TARGET) == []
+
+
+@pytest.mark.parametrize("fmt_name", ["csv", "binary"])
+def test_a_file_without_rows_loads_none(tables, loaders, fmt_name):
+    with tables.cursor() as cur:
+        cur.execute(f"TRUNCATE {SOURCE}")
+    through = loaders(2)
+    assert through.load(fmt_name, io.BytesIO(backup_file(tables, fmt_name)), 64) == 0
+    through.commit()
