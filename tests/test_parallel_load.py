@@ -12,6 +12,7 @@ import json
 import random
 import struct
 import threading
+import time
 import uuid
 
 import psycopg2
@@ -340,17 +341,48 @@ def test_a_bad_uuid_in_a_csv_file_is_refused_with_postgresql_s_words(tables, loa
     through.roll_back_and_check_usable()
 
 
+class EndsOnceCopiesWaitForALock(io.RawIOBase):
+    """`data`, whose end is read only once `count` COPYs wait for a lock (seen by `watcher`)."""
+
+    def __init__(self, data: bytes, watcher, count: int) -> None:
+        self._data, self._watcher, self._count = data, watcher, count
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self._data:
+            deadline = time.monotonic() + TIMEOUT_S
+            while copies_waiting_for_a_lock(self._watcher) < self._count:
+                assert time.monotonic() < deadline, "the COPYs never waited for the lock"
+                time.sleep(0.05)
+        chunk, self._data = self._data[: len(buffer)], self._data[len(buffer) :]
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def copies_waiting_for_a_lock(conn) -> int:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'COPY%%'"
+        )
+        return cur.fetchone()[0]
+
+
 def test_a_damaged_file_ends_copies_that_wait_for_a_lock(tables, loaders, services):
-    """The loaders' COPYs wait for a lock, reading nothing; the file turns out damaged:
-    they are cancelled in the server rather than waited for."""
+    """The loaders' COPYs wait for a lock, reading nothing, when the file turns out
+    damaged: they are cancelled in the server rather than waited for."""
     data = backup_file(tables, "binary")[:-5]
     holder = psycopg2.connect(services["VECTOR_DB_URL"])
     try:
         with holder.cursor() as cur:
             cur.execute(f"LOCK TABLE {TARGET} IN ACCESS EXCLUSIVE MODE")
         through = loaders(2)
+        started = time.monotonic()
         with pytest.raises(RestoreError, match=rf"{TARGET}: .*ends in the middle of a tuple"):
-            through.load("binary", io.BytesIO(data), 1 << 20)
+            through.load("binary", EndsOnceCopiesWaitForALock(data, tables, 2), 1 << 20)
+        assert time.monotonic() - started < 10
+        assert copies_waiting_for_a_lock(tables) == 0  # still locked: they were cancelled
         through.roll_back_and_check_usable()
     finally:
         holder.close()
