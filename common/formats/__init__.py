@@ -6,8 +6,14 @@ A format is a module here named for it (`csv`), exposing `FORMAT`, an object wit
 - `copy_to(source, header)`: the `COPY ... TO STDOUT` that writes it, and
   `header_records` / `trailer_records`: how many of COPY's messages come before the
   first row and after the last;
-- `copy_from(table, columns)`: the `COPY ... FROM STDIN` that reads it back, and
-  `exact_types`: whether it restores only into columns of the types it was taken from;
+- `copy_from(table, columns, header=True)`: the `COPY ... FROM STDIN` that reads it back
+  (`header=False`: a share of a file without its header line), and `exact_types`: whether
+  it restores only into columns of the types it was taken from;
+- `splitter()`: a fresh object cutting one file, read once in order, where rows end, for
+  a load through several COPYs (`common.parallel_load`): `head(data, final)` the length of
+  the file's header, `split(piece)` (rows continuing the current share, rows starting a
+  new one or None), `finish()` at the end, and the `prologue` and `epilogue` every share's
+  COPY gets around its rows;
 - `can_split`: whether range-split may join ranges of it into one file;
 - `header_matches(stream, columns)` and `scan(stream, columns, id_column)`: whether the
   file starts as it should, and its row count and the distinct values of one column,
