@@ -171,6 +171,7 @@ def restored_lines(done: Mapping[str, Any], target: DatabaseTarget, mode: str) -
     """A line per table restored, then where the set went."""
     lines = [
         f"✓ {table}: {rows:,} rows restored{' (table created)' if table in done['created'] else ''}"
+        + (f" by {done['loaders'][table]} loaders" if done.get("loaders", {}).get(table, 1) > 1 else "")
         for table, rows in done["tables"].items()
     ]
     return [

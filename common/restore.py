@@ -9,21 +9,17 @@ from typing import Any, TypedDict
 
 import psycopg2
 import psycopg2.errors
-from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
 from common import staging
-from common.compression import open_checked
 from common.config import RestoreSettings, Settings, load_settings
-from common.db import first_line, rollback_quietly, table_identifier
-from common.exceptions import RestoreError, VerifyError
-from common.formats import DEFAULT as DEFAULT_FORMAT
-from common.formats import file_format
+from common.db import first_line
+from common.exceptions import RestoreError
+from common.in_place import Step, restore_in_place
+from common.load_file import load_file, loader_connections
 from common.manifest import SetRef, locate, verify_set
-from common.table_schema import create_statements
 
 MODES = ("replace", "append")
-COPY_CHUNK = 1 << 20  # psycopg2 reads 8 KiB per call by default
 
 
 class RestoreResult(TypedDict):
@@ -31,6 +27,7 @@ class RestoreResult(TypedDict):
     mode: str
     strategy: str
     tables: dict[str, int]
+    loaders: dict[str, int]  # connections that loaded each table's file
     created: list[str]
     duration: float
 
@@ -84,10 +81,11 @@ def restore_set(
         except psycopg2.Error as exc:
             raise RestoreError(f"reading the tables failed, nothing was restored: {first_line(exc)}") from exc
         if isinstance(staged, str):
-            restored, created = _in_place(conn, ref, manifest, tables, mode)
+            restored, created = restore_in_place(conn, ref, manifest, tables, mode)
+            loaders = dict.fromkeys(restored, 1)
             strategy = "in place" if mode == "append" else f"in place ({staged})"
         else:
-            restored = _swapped(conn, ref, tables, staged, settings.restore, jobs, connect)
+            restored, loaders = _swapped(conn, ref, tables, staged, settings.restore, jobs, connect)
             created, strategy = [s.table for s in staged if s.oid is None], "swap"
     finally:
         if not conn.closed:
@@ -98,6 +96,7 @@ def restore_set(
         mode=mode,
         strategy=strategy,
         tables=restored,
+        loaders=loaders,
         created=created,
         duration=round(time.time() - started, 3),
     )
@@ -111,16 +110,19 @@ def _swapped(
     how: RestoreSettings,
     jobs: int | None,
     connect: Callable[[], Connection] | None,
-) -> dict[str, int]:
-    step = _Step("the staging tables")
+) -> tuple[dict[str, int], dict[str, int]]:
+    step = Step("the staging tables")
     try:
         staging.drop_leftovers(conn, staged)
         staging.create(conn, staged)
-        restored = {}
+        restored, used = {}, {}
         for s in staged:
-            step.now = s.table
-            with conn.cursor() as cur:
-                restored[s.table] = _load(cur, ref, s.table, tables[s.table], into=s.stage)
+            step.now, entry = s.table, tables[s.table]
+            with loader_connections(connect, jobs or how.jobs, entry) as loaders, conn.cursor() as cur:
+                restored[s.table] = load_file(cur, ref, s.table, entry, into=s.stage, loaders=loaders)
+                used[s.table] = max(len(loaders), 1)
+                for loader in loaders:
+                    loader.commit()
         step.now = "keys and indexes"
         staging.build(conn, staged, how.maintenance_work_mem, how.parallel_workers)
         step.now = "the swap"
@@ -134,83 +136,7 @@ def _swapped(
             f"{step.now}: restore failed, nothing was restored, the store still serves its old rows: "
             f"{first_line(exc)}"
         ) from exc
-    return restored
-
-
-def _in_place(
-    conn: Connection, ref: SetRef, manifest: dict[str, Any], tables: dict[str, Any], mode: str
-) -> tuple[dict[str, int], list[str]]:
-    """Load into the live tables in one transaction: `replace` empties them (TRUNCATE, or
-    DELETE where another table's foreign key forbids it) and rebuilds their indexes after."""
-    step = _Step("the tables")
-    conn.autocommit = False
-    try:
-        with conn.cursor() as cur:
-            created, build_later = _create_missing(conn, cur, manifest, tables, step)
-            if mode == "replace":
-                existing = [t for t in tables if t not in created]
-                step.now = "emptying the tables"
-                _empty(cur, existing)
-                build_later = _drop_indexes(cur, existing) + build_later
-            restored = {}
-            for step.now, entry in tables.items():
-                restored[step.now] = _load(cur, ref, step.now, entry)
-            # As pg_restore does: one bulk build per index and one validation per key is far
-            # faster than maintaining them row by row; a violation still aborts everything.
-            step.now = "constraints and indexes"
-            for statement in build_later:
-                cur.execute(statement)
-        conn.commit()
-    except RestoreError:
-        rollback_quietly(conn)
-        raise
-    except (psycopg2.Error, OSError) as exc:
-        rollback_quietly(conn)
-        raise RestoreError(f"{step.now}: restore failed, nothing was restored: {first_line(exc)}") from exc
-    finally:
-        if not conn.closed:
-            conn.autocommit = True
-    return restored, created
-
-
-def _empty(cur, tables: list[str]) -> None:
-    """TRUNCATE leaves no dead rows; another table's foreign key forbids it, then DELETE."""
-    if not tables:
-        return
-    cur.execute("SAVEPOINT empty")
-    try:
-        cur.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(table_identifier, tables))))
-    except psycopg2.errors.FeatureNotSupported:
-        cur.execute("ROLLBACK TO SAVEPOINT empty")
-        # Referencing tables first, so no foreign key objects to the order.
-        for table in reversed(tables):
-            cur.execute(sql.SQL("DELETE FROM {}").format(table_identifier(table)))
-
-
-def _drop_indexes(cur, tables: list[str]) -> list[sql.Composable]:
-    """Drop the indexes no constraint uses; the statements that build them again. The
-    definitions are the server's own (`pg_get_indexdef`) for indexes of the live tables,
-    never text from a backup directory."""
-    rebuild = []
-    for table in tables:
-        cur.execute(
-            "SELECT n.nspname, c.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x "
-            "JOIN pg_class c ON c.oid = x.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE x.indrelid = to_regclass(%s) "
-            "AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = x.indexrelid)",
-            (table_identifier(table).as_string(cur.connection),),
-        )
-        for namespace, index, definition in cur.fetchall():
-            cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(namespace, index)))
-            rebuild.append(sql.SQL(definition))
-    return rebuild
-
-
-class _Step:
-    """What the restore is doing, for its error message."""
-
-    def __init__(self, now: str) -> None:
-        self.now = now
+    return restored, used
 
 
 def _configured_tables(ref: SetRef, manifest: dict[str, Any], configured: tuple[str, ...]) -> dict[str, Any]:
@@ -225,76 +151,3 @@ def _configured_tables(ref: SetRef, manifest: dict[str, Any], configured: tuple[
             "ever touches the configured tables; nothing was restored"
         )
     return {table: manifest["tables"][table] for table in configured}
-
-
-def _create_missing(
-    conn: Connection, cur, manifest: dict[str, Any], tables: dict[str, Any], step: _Step
-) -> tuple[list[str], list[sql.Composable]]:
-    """Create the tables that do not exist; their names, and the statements to run after
-    the load (keys and indexes, then foreign keys, once every key they reference exists)."""
-    created, deferred, foreign_keys = [], [], []
-    for step.now, entry in tables.items():
-        cur.execute("SELECT to_regclass(%s)", (table_identifier(step.now).as_string(conn),))
-        if cur.fetchone()[0] is not None:
-            continue
-        if manifest["format_version"] < 2 or "schema" not in entry:
-            raise RestoreError(
-                f"{step.now}: missing, and this format {manifest['format_version']} manifest "
-                "describes it only as SQL text, which restore never runs; create the table, "
-                "then restore into it"
-            )
-        try:
-            columns = [c[0] for c in entry["columns"]]
-            create, later, foreign = create_statements(conn, step.now, entry["schema"], columns, list(tables))
-        except VerifyError as exc:
-            raise RestoreError(f"{exc}; nothing was restored") from None
-        cur.execute(create)
-        deferred += later
-        foreign_keys += foreign
-        created.append(step.now)
-    return created, deferred + foreign_keys
-
-
-def _check_types(cur, table: str, target: sql.Composable, columns: list[list[str]], fmt: Any) -> None:
-    """A binary file holds each value in its column type's own representation: refuse a
-    target whose columns have other types, before COPY would misread them."""
-    cur.execute(
-        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-        "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
-        (target.as_string(cur.connection),),
-    )
-    target = dict(cur.fetchall())
-    differ = [
-        f"{name} is {kind} in the backup but {target.get(name, 'missing')} here"
-        for name, kind in columns
-        if target.get(name) != kind
-    ]
-    if differ:
-        raise RestoreError(
-            f"{table}: {'; '.join(differ)}; a {fmt.description} backup restores only into the "
-            "column types it was taken from; nothing was restored"
-        )
-
-
-def _load(cur, ref: SetRef, table: str, entry: dict[str, Any], into: sql.Composable | None = None) -> int:
-    """COPY one file into `table` (or its staging table `into`); the rows loaded,
-    checked against the manifest.
-
-    The file is read once, hashed as COPY reads it: a file swapped after the set was
-    verified is caught here, before anything commits."""
-    fmt = file_format(entry.get("format", DEFAULT_FORMAT))  # checked by verify_set
-    target = into or table_identifier(table)
-    if fmt.exact_types:
-        _check_types(cur, table, target, entry["columns"], fmt)
-    copy = fmt.copy_from(target, [c[0] for c in entry["columns"]])
-    with ref.storage.open(entry["file"]) as raw:
-        data, hashed = open_checked(raw, entry["file"])
-        cur.copy_expert(copy, data, size=COPY_CHUNK)
-        digest, size = hashed.finish()
-    if (digest, size) != (entry["sha256"], entry["bytes"]):
-        raise RestoreError(
-            f"{table}: {entry['file']} does not match its sha256 (changed or damaged); nothing was restored"
-        )
-    if cur.rowcount != entry["rows"]:
-        raise RestoreError(f"{table}: restored {cur.rowcount} rows, the manifest says {entry['rows']}")
-    return cur.rowcount

@@ -362,3 +362,19 @@ def test_a_second_restore_into_the_same_database_is_refused_while_one_runs(index
     assert "another restore into this database is running" in done.stdout
     for table, rows in indexed.changed.items():
         assert row_texts(db, table) == rows
+
+
+def test_a_large_file_is_loaded_by_several_connections_into_the_staging_table(store, task_id, db):
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 20_000, dim=128, random_vectors=True)
+    answer = enqueue_vector_management(task_id, backup=True)
+    result = run_result(run_record(answer["run_id"])).get(timeout=120)
+    assert result["tables_backed_up"][EMBEDDING]["file_size_bytes"] > 16 << 20  # two pieces or more
+    before = row_texts(db, EMBEDDING)
+    with db.cursor() as cur:
+        cur.execute(f"DELETE FROM {EMBEDDING} WHERE document LIKE 'document 1%%'")
+
+    done = worker_cli("restore", result["backup_directory"], "--jobs", "2")
+
+    assert done.returncode == 0, done.stdout
+    assert f"✓ {EMBEDDING}: 20,000 rows restored by 2 loaders" in done.stdout
+    assert row_texts(db, EMBEDDING) == before

@@ -210,7 +210,13 @@ def export_csv(path, out):
     show_default=True,
     help="replace: the tables' rows are replaced (staging tables swapped in); append: rows are added.",
 )
-def restore(path, db_connection, mode):
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 32),
+    default=None,
+    help="Connections loading each large file together [default: VECTOR_RESTORE_JOBS, the cores].",
+)
+def restore(path, db_connection, mode, jobs):
     """Verify a backup set, then restore it with COPY FROM: every table or none.
 
     PATH is a backup directory (its newest set) or one set's manifest_*.json. Missing
@@ -226,7 +232,7 @@ def restore(path, db_connection, mode):
         target = DatabaseTarget.from_url(db_connection) if db_connection else load_settings().database
         conn = connect(target)
         try:
-            done = restore_set(conn, path, mode, connect=lambda: connect(target))
+            done = restore_set(conn, path, mode, jobs=jobs, connect=lambda: connect(target))
         finally:
             conn.close()
     except VectorBackupError as exc:
