@@ -47,6 +47,7 @@ BINARY = "this project, binary format"
 # Issue 17's targets for the binary format: backup (whole chain) and restore, each
 # against `psql \copy` CSV in the same run.
 BINARY_TARGETS = {"wide": (3.0, 4.0), "narrow": (1.6, 2.5)}
+RESTORE_JOBS = 2  # issue 17: CSV restore with 2 loaders ≥ 1.5× psql \copy FROM (wide)
 WORKLOADS = {"wide": (20_000, 1536), "narrow": (1_000_000, 16)}
 
 
@@ -261,7 +262,8 @@ def psql_copy_in(dsn: str, schema: dict, csv_file: Path) -> None:
         cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
         columns = [c["name"] for c in schema["columns"]]
         tables = (TABLE, "langchain_pg_collection")
-        create, later, _foreign_keys = create_statements(conn, TABLE, schema, columns, tables)
+        made = create_statements(conn, TABLE, schema, columns, tables)
+        create, later = made.create, made.indexes + made.keys
         for statement in [create, *later]:
             cur.execute(statement)
     conn.close()
@@ -273,9 +275,10 @@ def project_restore(dsn: str, directory: Path) -> None:
     from common.db import DatabaseTarget, connect
     from common.restore import restore_set
 
-    conn = connect(DatabaseTarget.from_url(_as_url(dsn)))
+    target = DatabaseTarget.from_url(_as_url(dsn))
+    conn = connect(target)
     try:
-        restore_set(conn, directory)
+        restore_set(conn, directory, jobs=RESTORE_JOBS, connect=lambda: connect(target))
     finally:
         conn.close()
 
@@ -439,7 +442,11 @@ def measure(url: str, scratch: Path, name: str, rows: int, dim: int, repeat: int
         project_restore(restore_dsn, binary_set)
 
     copy_in = timing("psql \\copy FROM", median_time(baseline_restore, repeat))
-    restore = timing("this project's restore (verify + COPY FROM)", median_time(ours, repeat), target=0.9)
+    restore = timing(
+        f"this project's restore ({RESTORE_JOBS} loaders, staging, swap)",
+        median_time(ours, repeat),
+        target=1.5 if name == "wide" else 0.9,
+    )
     binary_restore = timing(
         "this project's restore of the binary set",
         median_time(ours_binary, repeat),

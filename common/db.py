@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import psycopg2
@@ -143,6 +144,24 @@ def table_error(table: str, step: str, exc: Exception, connection_lost: bool = F
     if connection_lost or isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
         return BackupError(f"{table}: database connection lost while {step}: {reason}")
     return BackupError(f"{table}: {step} failed: {reason}")
+
+
+@contextlib.contextmanager
+def opened(
+    open_one: Callable[[], Connection] | None, count: int, *, autocommit: bool
+) -> Iterator[list[Connection]]:
+    """`count` more connections from `open_one` (none without it), rolled back and closed
+    on the way out."""
+    conns: list[Connection] = []
+    try:
+        for _ in range(count if open_one is not None else 0):
+            conns.append(open_one())
+            conns[-1].autocommit = autocommit
+        yield conns
+    finally:
+        for conn in conns:
+            rollback_quietly(conn)
+            conn.close()
 
 
 def rollback_quietly(conn: Connection) -> None:

@@ -113,11 +113,11 @@ def _create_missing(
             )
         try:
             columns = [c[0] for c in entry["columns"]]
-            create, later, foreign = create_statements(conn, step.now, entry["schema"], columns, list(tables))
+            made = create_statements(conn, step.now, entry["schema"], columns, list(tables))
         except VerifyError as exc:
             raise RestoreError(f"{exc}; nothing was restored") from None
-        cur.execute(create)
-        deferred += later
-        foreign_keys += foreign
+        cur.execute(made.create)
+        deferred += made.indexes + made.keys
+        foreign_keys += made.foreign
         created.append(step.now)
     return created, deferred + foreign_keys

@@ -4,14 +4,14 @@ against the manifest: by one COPY, or by several connections (`common.parallel_l
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
 from common.compression import open_checked
-from common.db import rollback_quietly, table_identifier
+from common.db import opened, table_identifier
 from common.exceptions import RestoreError
 from common.formats import DEFAULT as DEFAULT_FORMAT
 from common.formats import file_format
@@ -75,23 +75,10 @@ def load_file(
     return rows
 
 
-@contextlib.contextmanager
 def loader_connections(
     connect: Callable[[], Connection] | None, jobs: int, entry: dict[str, Any]
-) -> Iterator[list[Connection]]:
+) -> contextlib.AbstractContextManager[list[Connection]]:
     """`jobs` connections for one file's load, in open transactions the caller commits;
-    none (load through the caller's own) for one job or a small file. Rolled back and
-    closed on the way out."""
-    if connect is None or jobs < 2 or entry["bytes"] < PARALLEL_MIN_BYTES:
-        yield []
-        return
-    opened: list[Connection] = []
-    try:
-        for _ in range(jobs):
-            opened.append(connect())
-            opened[-1].autocommit = False
-        yield opened
-    finally:
-        for conn in opened:
-            rollback_quietly(conn)
-            conn.close()
+    none (load through the caller's own) for one job or a small file."""
+    parallel = jobs > 1 and entry["bytes"] >= PARALLEL_MIN_BYTES
+    return opened(connect, jobs if parallel else 0, autocommit=False)

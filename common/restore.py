@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -13,13 +15,14 @@ from psycopg2.extensions import connection as Connection
 
 from common import staging
 from common.config import RestoreSettings, Settings, load_settings
-from common.db import first_line
+from common.db import first_line, opened
 from common.exceptions import RestoreError
 from common.in_place import Step, restore_in_place
 from common.load_file import load_file, loader_connections
 from common.manifest import SetRef, locate, verify_set
 
 MODES = ("replace", "append")
+log = logging.getLogger(__name__)
 
 
 class RestoreResult(TypedDict):
@@ -118,15 +121,18 @@ def _swapped(
         restored, used = {}, {}
         for s in staged:
             step.now, entry = s.table, tables[s.table]
-            with loader_connections(connect, jobs or how.jobs, entry) as loaders, conn.cursor() as cur:
-                restored[s.table] = load_file(cur, ref, s.table, entry, into=s.stage, loaders=loaders)
-                used[s.table] = max(len(loaders), 1)
+            with _timed(step), loader_connections(connect, jobs or how.jobs, entry) as loaders:
+                with conn.cursor() as cur:
+                    restored[s.table] = load_file(cur, ref, s.table, entry, into=s.stage, loaders=loaders)
                 for loader in loaders:
                     loader.commit()
+                used[s.table] = max(len(loaders), 1)
         step.now = "keys and indexes"
-        staging.build(conn, staged, how.maintenance_work_mem, how.parallel_workers)
+        with _timed(step), opened(connect, (jobs or how.jobs) - 1, autocommit=True) as builders:
+            staging.build(conn, staged, how.maintenance_work_mem, how.parallel_workers, builders)
         step.now = "the swap"
-        staging.swap(conn, staged, how.lock_timeout_s, how.swap_wait_s)
+        with _timed(step):
+            staging.swap(conn, staged, how.lock_timeout_s, how.swap_wait_s)
     except RestoreError as exc:
         staging.drop(conn, staged)
         raise RestoreError(f"{exc}; the store still serves its old rows") from None
@@ -137,6 +143,13 @@ def _swapped(
             f"{first_line(exc)}"
         ) from exc
     return restored, used
+
+
+@contextlib.contextmanager
+def _timed(step: Step) -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    log.info("restore: %s took %.2fs", step.now, time.monotonic() - started)
 
 
 def _configured_tables(ref: SetRef, manifest: dict[str, Any], configured: tuple[str, ...]) -> dict[str, Any]:

@@ -9,6 +9,8 @@ leaves staging tables behind, marked by their comment; the next restore drops th
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +23,9 @@ from psycopg2.extensions import connection as Connection
 from common.db import table_identifier
 from common.exceptions import RestoreError, VerifyError
 from common.swap_check import swap_refusal
-from common.table_schema import Relations, create_statements, read_schema
+from common.table_schema import Relations, TableStatements, create_statements, read_schema
 
+log = logging.getLogger(__name__)
 MARK = "pgvector-backup: a restore's staging table; dropped when the restore ends"
 SUFFIX = "__restoring"
 # Privileges GRANT may name; an ACL entry is composed from these words only.
@@ -42,9 +45,7 @@ class Staged:
     name: str  # the live table's own name
     oid: int | None  # the live table's, if it exists
     description: dict[str, Any]
-    build: list[sql.Composed] = field(default_factory=list)  # keys and indexes
-    foreign: list[sql.Composed] = field(default_factory=list)
-    create: sql.Composed | None = None  # for a table that does not exist yet
+    made: TableStatements | None = None  # its CREATE is used only if the table is missing
     renames: dict[str, str] = field(default_factory=dict)  # staging index name -> live name
 
     @property
@@ -75,9 +76,11 @@ class _StageRelations(Relations):
         return sql.Composed([self.staged[name].stage])
 
     def index(self, name: str) -> str:
-        temp = f"{self.current.stage_name[:55]}_{len(self.current.renames)}"
-        self.current.renames[temp] = name
-        return temp
+        known = {live: temp for temp, live in self.current.renames.items()}
+        if name not in known:
+            known[name] = f"{self.current.stage_name[:55]}_{len(self.current.renames)}"
+            self.current.renames[known[name]] = name
+        return known[name]
 
 
 def plan(conn: Connection, tables: dict[str, Any], manifest: dict[str, Any]) -> list[Staged] | str:
@@ -101,14 +104,13 @@ def plan(conn: Connection, tables: dict[str, Any], manifest: dict[str, Any]) -> 
         else:
             s.description = entry["schema"]
         try:
-            create, s.build, s.foreign = create_statements(
+            s.made = create_statements(
                 conn, table, s.description, s.columns, tuple(tables), into=_StageRelations(staged, s)
             )
         except VerifyError as exc:
             if s.oid is None:
                 raise RestoreError(f"{exc}; nothing was restored") from None
             return str(exc)
-        s.create = create if s.oid is None else None
     if len({s.stage_name for s in staged.values()}) < len(staged):
         return "two tables' staging names would be the same"
     return list(staged.values())
@@ -153,8 +155,8 @@ def create(conn: Connection, staged: list[Staged]) -> None:
     """Create the staging tables, empty and with no key or index yet."""
     with conn.cursor() as cur:
         for s in staged:
-            if s.create is not None:
-                cur.execute(s.create)
+            if s.oid is None:
+                cur.execute(s.made.create)
             else:
                 cur.execute("SELECT relpersistence, reloptions FROM pg_class WHERE oid = %s", (s.oid,))
                 persistence, options = cur.fetchone()
@@ -170,16 +172,56 @@ def create(conn: Connection, staged: list[Staged]) -> None:
             cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(s.stage, sql.Literal(MARK)))
 
 
-def build(conn: Connection, staged: list[Staged], memory: str, workers: int) -> None:
-    """Keys and indexes in bulk (as pg_restore does), then the foreign keys between the
-    staging tables, then statistics, so the planner knows the new tables at once."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT set_config('maintenance_work_mem', %s, false)", (memory,))
-        cur.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", (str(workers),))
-        for statement in [st for s in staged for st in s.build] + [st for s in staged for st in s.foreign]:
-            cur.execute(statement)
-        for s in staged:
-            cur.execute(sql.SQL("ANALYZE {}").format(s.stage))
+def build(
+    conn: Connection, staged: list[Staged], memory: str, workers: int, extra: list[Connection] = ()
+) -> None:
+    """Every index once, after the load (as pg_restore does), side by side on `conn` and
+    the `extra` connections; then the keys made of them, the foreign keys between the
+    staging tables, and statistics, so the planner knows the new tables at once."""
+    connections = [conn, *extra]
+    for c in connections:
+        with c.cursor() as cur:
+            cur.execute("SELECT set_config('maintenance_work_mem', %s, false)", (memory,))
+            cur.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", (str(workers),))
+    _side_by_side(connections, [st for s in staged for st in s.made.indexes])
+    analyze = [sql.SQL("ANALYZE {}").format(s.stage) for s in staged]
+    _side_by_side([conn], [st for s in staged for st in s.made.keys + s.made.foreign] + analyze)
+
+
+def _side_by_side(connections: list[Connection], statements: list[sql.Composed]) -> None:
+    """Run `statements` in order, each on the first free connection; the first error
+    cancels the others' statements and is raised."""
+    todo, lock, errors = list(reversed(statements)), threading.Lock(), []
+
+    def work(conn: Connection) -> None:
+        with conn.cursor() as cur:
+            while True:
+                with lock:
+                    if errors or not todo:
+                        return
+                    statement = todo.pop()
+                started = time.monotonic()
+                try:
+                    cur.execute(statement)
+                except psycopg2.Error as exc:
+                    with lock:
+                        errors.append(exc)
+                    for other in connections:
+                        if other is not conn:
+                            other.cancel()
+                    return
+                log.info(
+                    "restore: %s took %.2fs", statement.as_string(conn)[:120], time.monotonic() - started
+                )
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in connections[1:]]
+    for thread in threads:
+        thread.start()
+    work(connections[0])
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def swap(conn: Connection, staged: list[Staged], lock_timeout_s: float, wait_s: float) -> None:

@@ -12,7 +12,7 @@ an index names must be one of the table's columns. Anything else is refused.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
@@ -179,7 +179,7 @@ def create_statements(
     columns: list[str],
     tables: tuple[str, ...],
     into: Relations | None = None,
-) -> tuple[sql.Composed, list[sql.Composed], list[sql.Composed]]:
+) -> TableStatements:
     """CREATE TABLE for `table`, the keys and indexes to build after its rows are in, and
     its foreign keys (to add once every table's keys are built). `schema` must have passed
     `check_schema`; here the server checks that each type and operator class exists, and
@@ -234,51 +234,74 @@ def create_statements(
         for c in schema["columns"]
     )
     create = sql.SQL("CREATE TABLE {} ({})").format(ident, column_sql)
-    later = []
     keys = [("PRIMARY KEY", schema["primary_key"])] if schema.get("primary_key") else []
     keys += [("UNIQUE", key) for key in schema.get("unique") or []]
-    for kind, key in keys:
-        later.append(
-            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} ({})").format(
-                ident, sql.Identifier(into.index(key["name"])), sql.SQL(kind), _names(key["columns"])
-            )
+    # A key is built as a unique index, then attached: index builds on one table can run
+    # side by side (ADD PRIMARY KEY would lock the table for the whole build).
+    indexes = [_key_index(ident, key, into) for _kind, key in keys]
+    # The slow ones first, so that builds side by side end together.
+    ordered = sorted(schema.get("indexes") or [], key=lambda i: i["method"] == "btree")
+    indexes = [_index(ident, index, into) for index in ordered] + indexes
+    attach = [
+        sql.SQL("ALTER TABLE {0} ADD CONSTRAINT {1} {2} USING INDEX {1}").format(
+            ident, sql.Identifier(into.index(key["name"])), sql.SQL(kind)
         )
-    for index in schema.get("indexes") or []:
-        parts = sql.SQL(", ").join(
-            sql.SQL("{} {}").format(sql.Identifier(p["name"]), sql.Identifier(p["opclass"]))
-            for p in index["columns"]
-        )
-        options = sql.SQL(", ").join(
-            sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(str(v)))
-            for k, v in index["options"].items()
-        )
-        later.append(
-            sql.SQL("CREATE {}INDEX {} ON {} USING {} ({}){}").format(
-                sql.SQL("UNIQUE " if index["unique"] else ""),
-                sql.Identifier(into.index(index["name"])),
-                ident,
-                sql.Identifier(index["method"]),
-                parts,
-                sql.SQL(" WITH ({})").format(options) if index["options"] else sql.SQL(""),
-            )
-        )
-    foreign = []
-    for key in schema.get("foreign_keys") or []:
-        foreign.append(
-            sql.SQL(
-                "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) "
-                "ON DELETE {} ON UPDATE {}"
-            ).format(
-                ident,
-                sql.Identifier(key["name"]),
-                _names(key["columns"]),
-                into.table(references[key["name"]]),
-                _names(key["ref_columns"]),
-                ACTION_SQL[key["on_delete"]],
-                ACTION_SQL[key["on_update"]],
-            )
-        )
-    return create, later, foreign
+        for kind, key in keys
+    ]
+    foreign = [
+        _foreign_key(ident, key, into.table(references[key["name"]]))
+        for key in schema.get("foreign_keys") or []
+    ]
+    return TableStatements(create, indexes, attach, foreign)
+
+
+class TableStatements(NamedTuple):
+    """What makes a described table: CREATE TABLE; the indexes to build after the load,
+    keys' included (independent of each other); the statements that make those keys
+    constraints; the foreign keys (once every table's keys exist)."""
+
+    create: sql.Composed
+    indexes: list[sql.Composed]
+    keys: list[sql.Composed]
+    foreign: list[sql.Composed]
+
+
+def _key_index(ident: sql.Composable, key: dict[str, Any], into: Relations) -> sql.Composed:
+    return sql.SQL("CREATE UNIQUE INDEX {} ON {} ({})").format(
+        sql.Identifier(into.index(key["name"])), ident, _names(key["columns"])
+    )
+
+
+def _index(ident: sql.Composable, index: dict[str, Any], into: Relations) -> sql.Composed:
+    parts = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(p["name"]), sql.Identifier(p["opclass"]))
+        for p in index["columns"]
+    )
+    options = sql.SQL(", ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(str(v))) for k, v in index["options"].items()
+    )
+    return sql.SQL("CREATE {}INDEX {} ON {} USING {} ({}){}").format(
+        sql.SQL("UNIQUE " if index["unique"] else ""),
+        sql.Identifier(into.index(index["name"])),
+        ident,
+        sql.Identifier(index["method"]),
+        parts,
+        sql.SQL(" WITH ({})").format(options) if index["options"] else sql.SQL(""),
+    )
+
+
+def _foreign_key(ident: sql.Composable, key: dict[str, Any], referenced: sql.Composable) -> sql.Composed:
+    return sql.SQL(
+        "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE {} ON UPDATE {}"
+    ).format(
+        ident,
+        sql.Identifier(key["name"]),
+        _names(key["columns"]),
+        referenced,
+        _names(key["ref_columns"]),
+        ACTION_SQL[key["on_delete"]],
+        ACTION_SQL[key["on_update"]],
+    )
 
 
 class Relations:
@@ -289,6 +312,7 @@ class Relations:
         return table_identifier(name)
 
     def index(self, name: str) -> str:
+        """The name the key or index called `name` gets (the same on every call)."""
         return name
 
 
