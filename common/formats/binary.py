@@ -22,7 +22,7 @@ class BinaryFormat:
     # message of its own (one message of both when there is no row).
     header_records = 0
     trailer_records = 1
-    can_split = False  # not yet: see range_header and trailer
+    can_split = True
     # Every COPY, a range's too, starts with the 19-byte header and ends with the
     # trailer; a file joined from ranges carries each once.
     range_header = HEADER
