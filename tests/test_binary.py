@@ -115,6 +115,26 @@ def test_a_corrupted_binary_file_fails_verify_even_when_its_manifest_was_made_to
         verify_set(tmp_path / name, deep=True)
 
 
+def test_a_binary_file_of_two_copies_one_after_the_other_fails_verify_and_restore(store, tmp_path):
+    """What joining ranges without cutting their headers and trailers would give: two
+    headers and two trailers, caught even when the manifest was made to match."""
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 30, dim=8)
+    storage = open_storage(tmp_path)
+    tables = [backup_table(store.conn, TableJob(t, storage, TS, BINARY)) for t in TABLES]
+    embedding = tmp_path / tables[1]["backup_file"]
+    twice = embedding.read_bytes() * 2
+    embedding.write_bytes(twice)
+    tables[1].update(sha256=hashlib.sha256(twice).hexdigest(), file_size_bytes=len(twice), row_count=2 * 30)
+    name = write_manifest(storage, aggregate_backups(REQUEST, tables, storage, {}), {})
+    before = row_texts(store.conn, "langchain_pg_embedding")
+
+    with pytest.raises(VerifyError, match="is not valid PostgreSQL binary COPY"):
+        verify_set(tmp_path / name, deep=True)
+    with pytest.raises(RestoreError, match="copy data after EOF marker"):
+        restore_set(store.conn, tmp_path / name)
+    assert row_texts(store.conn, "langchain_pg_embedding") == before
+
+
 def test_a_binary_set_is_refused_into_columns_of_other_types(store, tmp_path):
     add_bulk_rows(store.conn, store.kind, store.collection_id, 20, dim=8)
     storage = open_storage(tmp_path)

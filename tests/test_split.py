@@ -3,7 +3,8 @@ by several tasks under one exported snapshot into one file, equal row for row to
 single-stream backup, appended to directly or through part files; a pool of one process
 finishes alone; a failed chunk fails the table; a dead helper's range is copied again,
 or the file started over when it may hold the helper's blocks; a redelivered holder
-starts over; and the whole chain through a real `celery -A worker worker -c 2`."""
+starts over; a binary table joined into one `.pgcopy` with one header and one trailer;
+and the whole chain through a real `celery -A worker worker -c 2`, in CSV and binary."""
 
 from __future__ import annotations
 
@@ -25,20 +26,30 @@ import redis
 
 from common.backup import backup_table
 from common.compression import decompressing
-from common.config import load_settings
-from common.manifest import verify_set
+from common.config import VectorTableManagement, load_settings
+from common.copier import RowsOnly
+from common.exceptions import BackupError
+from common.export import export_csv
+from common.formats import file_format
+from common.manifest import verify_set, write_manifest
+from common.pgbinary import HEADER, SIGNATURE, TRAILER, read_tuples
+from common.restore import restore_set
+from common.run_result import aggregate_backups
 from common.split import SplitBoard, SplitJob, SplitPlan, holder_chunks, merge_parts, remove_parts
 from common.split import helper as split_helper
 from common.split import job as split_job
 from common.storage import open_storage
 from common.table_job import TableJob
+from tests.processes import worker_cli
 from tests.test_faults import final_state, send_truncate_run, worker_env
 from tests.test_processes import isolated
 from tests.test_worker_killed import start_worker, stop
-from worker.sample_store import add_awkward_rows, add_bulk_rows, count_rows
+from worker.sample_store import add_awkward_rows, add_bulk_rows, count_rows, row_texts
 
 EMBEDDING = "langchain_pg_embedding"
+COLLECTION = "langchain_pg_collection"
 TS = "20260101_000000"
+REQUEST = {"run_id": "r", "task_id": None, "timestamp": TS, "truncate_requested": False}
 
 
 class Died(BaseException):
@@ -155,6 +166,115 @@ def test_a_split_backup_is_one_file_equal_row_for_row_to_a_single_stream_backup(
     assert sorted(p.name for p in (tmp_path / "split").iterdir()) == [path.name]
     # Uncompressed, the helper appended to the table's file itself; compressed, through parts.
     assert bool(parts) == (compression != "none"), parts
+
+
+def csv_records(data: bytes) -> list[bytes]:
+    """A CSV file's records as written, each with its line end (a quoted value may hold
+    line breaks: a record ends where its quotes are balanced)."""
+    records, pending = [], b""
+    for line in data.splitlines(keepends=True):
+        pending += line
+        if pending.count(b'"') % 2 == 0:
+            records.append(pending)
+            pending = b""
+    assert not pending
+    return records
+
+
+def decompressed(path: Path) -> bytes:
+    with open(path, "rb") as raw, decompressing(raw, path.name) as stream:
+        return stream.read()
+
+
+@pytest.fixture
+def narrow(store):
+    """Rows enough for 32 ranges, with vectors short enough for `export-csv`'s pace."""
+    add_awkward_rows(store.conn, store.kind, store.collection_id)
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 8_000, dim=8)
+    return store
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd", "gzip"])
+def test_a_split_binary_backup_is_one_pgcopy_file_with_one_header_and_one_trailer(
+    narrow, services, tmp_path, compression
+):
+    vector = split_settings(file_format="binary", compression=compression, progress_every=500)
+    run_id, directory = uuid.uuid4().hex, tmp_path / "set"
+    before = {t: row_texts(narrow.conn, t) for t in (COLLECTION, EMBEDDING)}
+    with watching_for_parts(directory) as parts:
+        holder_thread, held = holder_waiting_for_a_helper(services, directory, run_id, vector)
+        helped = make_job(services, directory, run_id, "task-b", vector).run()
+        holder_thread.join(60)
+    [table] = merge_parts([held[0], helped])
+
+    assert table["success"] and not table.get("part") and table["format"] == "binary", table
+    assert helped["part"] and helped["success"] and helped["row_count"] > 0, helped  # two copiers
+    assert table["row_count"] == count_rows(narrow.conn, EMBEDDING)
+    path = directory / table["backup_file"]
+    assert path.name == f"{EMBEDDING}_{TS}.pgcopy" + {"none": "", "zstd": ".zst", "gzip": ".gz"}[compression]
+    assert sorted(p.name for p in directory.iterdir()) == [path.name]
+    assert table["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert table["file_size_bytes"] == path.stat().st_size
+    # Uncompressed, the helper appended to the table's file itself; compressed, through parts.
+    assert bool(parts) == (compression != "none"), parts
+    data = decompressed(path)
+    assert data.startswith(HEADER) and data.count(SIGNATURE) == 1 and data.endswith(TRAILER)
+    if compression != "none":
+        assert table["csv_sha256"] == hashlib.sha256(data).hexdigest() and table["csv_bytes"] == len(data)
+    # Every tuple whole, the trailer once and last.
+    assert sum(1 for _ in read_tuples(io.BytesIO(data), len(table["columns"]))) == table["row_count"]
+
+    storage = open_storage(directory)
+    collection = backup_table(narrow.conn, TableJob(COLLECTION, storage, TS, vector))
+    name = write_manifest(storage, aggregate_backups(REQUEST, [collection, table], storage, {}), {})
+    assert verify_set(directory / name, deep=True)["tables"][EMBEDDING]["rows"] == table["row_count"]
+
+    plain = backup_table(narrow.conn, TableJob(EMBEDDING, tmp_path / "csv", TS, VectorTableManagement()))
+    export_csv(directory / name, tmp_path / "exported")
+    exported = csv_records((tmp_path / "exported" / f"{EMBEDDING}_{TS}.csv").read_bytes())
+    expected = csv_records((tmp_path / "csv" / plain["backup_file"]).read_bytes())
+    # Rows come in the order their ranges were written, each byte for byte a CSV backup's.
+    assert exported[0] == expected[0] and sorted(exported[1:]) == sorted(expected[1:])
+
+    with narrow.conn.cursor() as cur:
+        cur.execute(f"DELETE FROM {EMBEDDING}")
+    restore_set(narrow.conn, directory / name)
+    assert {t: row_texts(narrow.conn, t) for t in (COLLECTION, EMBEDDING)} == before
+
+
+def test_a_split_binary_backups_progress_counts_each_row_once_and_no_header_or_trailer(
+    narrow, services, tmp_path
+):
+    vector, reports = split_settings(file_format="binary", progress_every=500), []
+    job = make_job(services, tmp_path, uuid.uuid4().hex, "task-a", vector, reports.append, inner_helper=False)
+    table = job.run()
+
+    total = count_rows(narrow.conn, EMBEDDING)
+    assert table["success"] and table["row_count"] == total, table
+    assert job.board.plan().chunks == 32  # each range's COPY sent its own header and trailer
+    assert [r["rows"] for r in reports] == [*range(500, total + 1, 500), total]
+    assert reports[-1]["percent"] == 100.0
+
+
+def test_a_ranges_rows_reach_the_file_without_its_header_and_trailer_each_row_in_one_write():
+    fmt = file_format("binary")
+    row = b"\x00\x01\x00\x00\x00\x02hi"
+
+    def rows_of(*messages: bytes) -> list[bytes]:
+        written: list[bytes] = []
+        copy = RowsOnly(written.append, fmt.range_header, fmt.trailer)
+        for message in messages:
+            copy.write(message)
+        copy.close()
+        return written
+
+    # The header comes glued to the first row, the trailer alone; no row: both in one.
+    assert rows_of(HEADER + row, row, TRAILER) == [row, row]
+    assert rows_of(HEADER + TRAILER) == []
+    with pytest.raises(BackupError, match="did not start with the format's header"):
+        rows_of(row, TRAILER)
+    with pytest.raises(BackupError, match="did not end with the format's trailer"):
+        rows_of(HEADER + row)
 
 
 def test_one_pool_process_does_the_whole_table_alone_and_later_tasks_have_nothing_to_do(
@@ -410,6 +530,41 @@ def test_a_truncate_run_with_a_range_split_table_through_a_real_worker(
     assert log.count("succeeded in") >= 3
     # The second pool process copied a range of its own.
     assert re.search(r"'part': True, 'row_count': [1-9]", log), log[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+@pytest.mark.parametrize(("compression", "redis_db"), [("none", 10), ("zstd", 11)])
+def test_a_binary_truncate_run_with_a_range_split_table_through_a_real_worker_restores_every_row(
+    store, services, task_id, task_root, tmp_path, compression, redis_db
+):
+    rows = WORKER_ROWS
+    env = {
+        **split_worker_env(store, services, redis_db),
+        "VECTOR_BACKUP_FORMAT": "binary",
+        "VECTOR_BACKUP_COMPRESSION": compression,
+    }
+    before = row_texts(store.conn, EMBEDDING)
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        final = final_state(send_truncate_run(env, task_id, 120), log=tmp_path / "worker.log")
+        pool = psutil.Process(worker.pid).children()
+    finally:
+        stop(worker)
+
+    assert len(pool) == 2
+    directory = task_root / task_id / "vector_bak"
+    assert_truncated_after_a_verified_set(store, directory, final, rows)
+    [path] = directory.glob(f"{EMBEDDING}_*")
+    assert path.name.endswith(".pgcopy" + {"none": "", "zstd": ".zst"}[compression])
+    data = decompressed(path)
+    assert data.startswith(HEADER) and data.count(SIGNATURE) == 1 and data.endswith(TRAILER)
+    log = (tmp_path / "worker.log").read_text()
+    assert re.search(r"'part': True, 'row_count': [1-9]", log), log[-3000:]  # both copied ranges
+
+    restored = worker_cli("restore", str(directory))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert row_texts(store.conn, EMBEDDING) == before
 
 
 def appending_helper(pool: list[psutil.Process], directory: Path) -> psutil.Process | None:

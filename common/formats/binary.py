@@ -12,7 +12,7 @@ from typing import BinaryIO
 from psycopg2 import sql
 
 from common.formats.csv import Scan
-from common.pgbinary import SIGNATURE, TRAILER, BinaryCopyError, decoder, read_tuples
+from common.pgbinary import HEADER, SIGNATURE, TRAILER, BinaryCopyError, decoder, read_tuples
 
 _I16, _I32, _HEADER_FIELDS = struct.Struct(">h"), struct.Struct(">i"), struct.Struct(">ii")
 
@@ -25,11 +25,16 @@ class BinaryFormat:
     # message of its own (one message of both when there is no row).
     header_records = 0
     trailer_records = 1
-    can_split = False  # every range COPY brings its own header and trailer
+    can_split = True
+    # Every COPY, a range's too, starts with the 19-byte header and ends with the
+    # trailer; a file joined from ranges carries each once.
+    range_header = HEADER
+    trailer = TRAILER
     exact_types = True
     errors = (BinaryCopyError, UnicodeDecodeError)
 
     def copy_to(self, source: sql.Composable, header: bool = True) -> sql.Composed:
+        """Always with its header: binary COPY has no option to leave it out."""
         return sql.SQL("COPY {} TO STDOUT WITH (FORMAT binary)").format(source)
 
     def copy_from(self, table: sql.Composable, columns: list[str], header: bool = True) -> sql.Composed:

@@ -21,7 +21,11 @@ class CsvFormat:
     extension = ".csv"
     header_records = 1  # COPY sends the header line as a message of its own
     trailer_records = 0
-    can_split = True  # range-split copies ranges without headers and appends them
+    can_split = True
+    # Range-split copies ranges without the header line (`copy_to(..., header=False)`);
+    # the joined file's header is a COPY of no rows, and nothing ends it.
+    range_header = b""
+    trailer = b""
     exact_types = False  # text: restores into any column types that parse it
     errors = (csv.Error, UnicodeDecodeError)
 

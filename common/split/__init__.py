@@ -5,8 +5,8 @@ A single COPY is bound by the one server backend formatting the rows, so the way
 `SplitJob.run` (`job.py`); the roles are decided at run time, so a pool of any size finishes:
 
 - the first task to arrive becomes the holder: it exports its REPEATABLE READ snapshot
-  (`pg_export_snapshot`, as `pg_dump -j` does), writes the header to the table's
-  `.csv.tmp`, splits the table into block ranges (`ctid`, 16 per worker) and copies
+  (`pg_export_snapshot`, as `pg_dump -j` does), writes the file's header to the table's
+  temp file, splits the table into block ranges (`ctid`, 16 per worker) and copies
   every range nobody has claimed yet;
 - a task arriving while the holder's transaction is open imports the snapshot
   (`SET TRANSACTION SNAPSHOT`) and claims ranges too.
@@ -16,6 +16,9 @@ whole blocks, ranges in the order they finish, one sha256 read behind the writer
 appends are not atomic (a network filesystem) or the file is compressed (one stream
 through one compressor), helpers write part files instead, which the holder appends in
 range order, and the holder, which then has time to spare, runs a helper thread too.
+Every range arrives without the header and trailer its COPY wraps it in (the format's
+`range_header` and `trailer`, cut by `common.copier.copy_range`); the holder writes the
+format's trailer once, after the last range, so the file reads as one COPY's output.
 
 Nobody waits for a task that has not started: the holder copies what is unclaimed
 itself, so with one pool process it simply does the whole table. The holder waits only

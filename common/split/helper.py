@@ -11,7 +11,7 @@ import redis
 from psycopg2.extensions import connection as Connection
 
 from common.atomic import temp_path
-from common.copier import CountingWriter, copy_rows
+from common.copier import CountingWriter, copy_range
 from common.db import DatabaseTarget, connect, end_snapshot, end_transaction_quietly, first_line
 from common.exceptions import BackupError, VectorBackupError
 from common.progress import TableProgress
@@ -109,14 +109,14 @@ class Helper:
         self, conn: Connection, plan: SplitPlan, chunk: int, report, fd: int | None
     ) -> tuple[int, int]:
         """One range, appended to the shared file `fd` or else written to its part file."""
-        table, path = self.job.table, self.part(plan.attempt, chunk)
+        table, fmt, path = self.job.table, self.job.format, self.part(plan.attempt, chunk)
         try:
             with appender(fd) if fd is not None else open(path, "wb") as out:
-                # Rows only: the holder hashes the table's file.
+                # Rows only, without header or trailer; the holder hashes the table's file.
                 writer = CountingWriter(
                     out, self.job.settings.progress_every, report, header_records=0, hashed=False
                 )
-                copy_rows(conn, table, plan.query(table, chunk, self.job.format), writer, header=False)
+                copy_range(conn, table, plan.query(table, chunk, fmt), writer, fmt)
         except (psycopg2.Error, OSError, VectorBackupError) as exc:
             path.unlink(missing_ok=True)
             end_transaction_quietly(conn)

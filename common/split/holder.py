@@ -9,7 +9,7 @@ from typing import Any, BinaryIO
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
-from common.copier import CountingWriter, Report, copy_rows, header_query, not_hashed
+from common.copier import CountingWriter, Report, copy_header, copy_range, copy_rows, not_hashed
 from common.exceptions import BackupError
 from common.shared_file import TailHasher, append_from, identity
 from common.split.board import SplitBoard
@@ -26,9 +26,15 @@ class HelperLost(BackupError):
 class HolderWriter(CountingWriter):
     """A `CountingWriter` that also takes in rows other processes copied."""
 
-    def __init__(self, out: BinaryIO, every: int, report: Report, header_records: int) -> None:
-        super().__init__(out, every, report, header_records)
+    def __init__(self, out: BinaryIO, every: int, report: Report, fmt: Any) -> None:
+        super().__init__(out, every, report, fmt.header_records, trailer_records=fmt.trailer_records)
         self.appended = 0  # of `bytes`, what other processes copied
+
+    def joining(self) -> None:
+        """The file is joined from ranges: from here on only rows are counted, and its
+        header and trailer are written by `frame`."""
+        self.header_records = self.trailer_records = 0
+        self._next_report = self.records + self._every
 
     @property
     def own_bytes(self) -> int:
@@ -84,22 +90,26 @@ class Holder:
         self.part, self.direct, self.on_plan, self.fmt = part, direct, on_plan, fmt
 
     def writer(self, sink: BinaryIO, every: int, report: Report, fmt: Any) -> HolderWriter:
-        return HolderWriter(sink, every, report, fmt.header_records)
+        return HolderWriter(sink, every, report, fmt)
 
     def copy(self, conn: Connection, table: str, whole: sql.Composed, writer: HolderWriter) -> int:
         copiers = self.workers + (self.on_plan is not None)
         plan = make_plan(conn, table, self.attempt, self.workers, self.min_bytes, copiers, self.direct)
         if plan.chunks == 1:
             self.board.publish(plan)  # helpers arriving now have nothing to do
-            return copy_rows(conn, table, whole, writer, header=True)
+            return copy_rows(conn, table, whole, writer)
 
         def copy(chunk: int) -> int:
-            return copy_rows(conn, table, plan.query(table, chunk, self.fmt), writer, header=False)
+            return copy_range(conn, table, plan.query(table, chunk, self.fmt), writer, self.fmt)
 
+        # One header and one trailer (the format's) around the rows of every range.
+        writer.joining()
         if not self.direct:
-            rows = copy_rows(conn, table, header_query(table, self.fmt), writer, header=True)
+            copy_header(conn, table, writer, self.fmt)
             self._publish(plan)
-            return rows + copy(0) + self._join_parts(plan, copy, writer.append_file)
+            rows = copy(0) + self._join_parts(plan, copy, writer.append_file)
+            writer.frame(self.fmt.trailer)
+            return rows
         return self._copy_direct(conn, table, plan, copy, writer)
 
     def _copy_direct(self, conn: Connection, table: str, plan: SplitPlan, copy, writer: HolderWriter) -> int:
@@ -109,10 +119,12 @@ class Holder:
         writer.hash_elsewhere()
         tail = TailHasher(out.fileno())
         try:
-            rows = copy_rows(conn, table, header_query(table, self.fmt), writer, header=True)
+            copy_header(conn, table, writer, self.fmt)
             out.flush()  # the header first, before any helper may append
             self._publish(plan.sharing(identity(out.fileno())))
-            rows += self._join_direct(plan, copy, out.flush, writer.count_shared)
+            rows = self._join_direct(plan, copy, out.flush, writer.count_shared)
+            writer.frame(self.fmt.trailer)  # last: every helper's rows are in the file
+            out.flush()
             writer.sha256 = tail.finish()
         finally:
             tail.stop()
