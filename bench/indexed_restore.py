@@ -8,7 +8,8 @@ restored from one backup set three ways, all into the same live database:
   them again, with the same `maintenance_work_mem` and parallel workers this project uses;
 - this project: `restore_set` (verify, staging tables, bulk builds, the swap), while a
   reader runs LangChain's search (`ORDER BY embedding <=> $1 LIMIT 5`) in a loop: its
-  longest wait is reported against the 2 s target.
+  longest wait is reported against the 2 s target (in runs of their own: the reader's
+  searches take CPU the timed runs would use).
 """
 
 from __future__ import annotations
@@ -56,21 +57,24 @@ def indexed_phase(url: str, repeat: int, workers) -> list[str]:
     def by_hand() -> None:
         psql(url, *session, "DROP INDEX emb_hnsw, ix_cmetadata_gin", f"TRUNCATE {TABLE}", copy_in, GIN, HNSW)
 
-    waits: list[float] = []
-
     def ours() -> None:
-        reader = Reader(url)
-        reader.start()
-        try:
-            project_restore(url, directory / result["manifest"])
-        finally:
-            reader.stop()
-        waits.append(reader.longest)
+        project_restore(url, directory / result["manifest"])
 
     times: dict[str, list[float]] = {"by hand": [], "ours": []}
     for _ in range(repeat):
         times["by hand"].append(median_time(by_hand, 1))
         times["ours"].append(median_time(ours, 1))
+    # Apart from the timed runs: the reader's searches take CPU the restore would use.
+    waits = []
+    for _ in range(repeat):
+        reader = Reader(url)
+        reader.start()
+        try:
+            during = median_time(ours, 1)
+        finally:
+            reader.stop()
+        waits.append(reader.longest)
+        say(f"indexed restore with a reader: {during:.2f} s, {reader.searches} searches")
     say(f"indexed restore: {times}, longest search waits {[round(w, 3) for w in waits]}")
     say("indexed restore: the naive way, once")
     naive_time = median_time(naive, 1)
@@ -102,9 +106,9 @@ def indexed_phase(url: str, repeat: int, workers) -> list[str]:
         "|---|---|---|---|---|---|---|",
         *(r.line(baseline) for r in rows),
         "",
-        f"Longest wait of a concurrent search (`ORDER BY embedding <=> $1 LIMIT 5`, in a loop) "
-        f"during this project's restores: {longest:.3f} s (target < {WAIT_TARGET:g} s: "
-        f"{'PASS' if longest < WAIT_TARGET else 'FAIL'}).",
+        f"Longest wait of a concurrent search (`ORDER BY embedding <=> $1 LIMIT 5`, in a loop "
+        f"every 10 ms) during {repeat} more of this project's restores: {longest:.3f} s "
+        f"(target < {WAIT_TARGET:g} s: {'PASS' if longest < WAIT_TARGET else 'FAIL'}).",
         "",
     ]
 
@@ -121,7 +125,7 @@ class Reader(threading.Thread):
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
-        self.url, self.longest, self.stopped = url, 0.0, threading.Event()
+        self.url, self.longest, self.searches, self.stopped = url, 0.0, 0, threading.Event()
         self.query = str([random.uniform(-1, 1) for _ in range(DIM)])
 
     def run(self) -> None:
@@ -135,6 +139,7 @@ class Reader(threading.Thread):
                 )
                 cur.fetchall()
                 self.longest = max(self.longest, time.monotonic() - started)
+                self.searches += 1
                 time.sleep(0.01)
         conn.close()
 

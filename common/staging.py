@@ -175,17 +175,19 @@ def create(conn: Connection, staged: list[Staged]) -> None:
 def build(
     conn: Connection, staged: list[Staged], memory: str, workers: int, extra: list[Connection] = ()
 ) -> None:
-    """Every index once, after the load (as pg_restore does), side by side on `conn` and
-    the `extra` connections; then the keys made of them, the foreign keys between the
-    staging tables, and statistics, so the planner knows the new tables at once."""
+    """Every index once, after the load (as pg_restore does), and statistics (so the
+    planner knows the new tables at once), side by side on `conn` and the `extra`
+    connections; then the keys made of those indexes and the foreign keys between the
+    staging tables."""
     connections = [conn, *extra]
     for c in connections:
         with c.cursor() as cur:
             cur.execute("SELECT set_config('maintenance_work_mem', %s, false)", (memory,))
             cur.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", (str(workers),))
-    _side_by_side(connections, [st for s in staged for st in s.made.indexes])
+    # ANALYZE reads beside index builds (its lock does not conflict with theirs).
     analyze = [sql.SQL("ANALYZE {}").format(s.stage) for s in staged]
-    _side_by_side([conn], [st for s in staged for st in s.made.keys + s.made.foreign] + analyze)
+    _side_by_side(connections, [st for s in staged for st in s.made.indexes] + analyze)
+    _side_by_side([conn], [st for s in staged for st in s.made.keys + s.made.foreign])
 
 
 def _side_by_side(connections: list[Connection], statements: list[sql.Composed]) -> None:
