@@ -16,7 +16,7 @@ from common.db import first_line, rollback_quietly, table_identifier
 from common.exceptions import RestoreError, VerifyError
 from common.load_file import load_file
 from common.manifest import SetRef
-from common.table_schema import create_statements
+from common.table_schema import create_statements, description_to_create
 
 
 class Step:
@@ -105,15 +105,10 @@ def _create_missing(
         cur.execute("SELECT to_regclass(%s)", (table_identifier(step.now).as_string(conn),))
         if cur.fetchone()[0] is not None:
             continue
-        if manifest["format_version"] < 2 or "schema" not in entry:
-            raise RestoreError(
-                f"{step.now}: missing, and this format {manifest['format_version']} manifest "
-                "describes it only as SQL text, which restore never runs; create the table, "
-                "then restore into it"
-            )
+        description = description_to_create(step.now, manifest, entry)
         try:
             columns = [c[0] for c in entry["columns"]]
-            made = create_statements(conn, step.now, entry["schema"], columns, list(tables))
+            made = create_statements(conn, step.now, description, columns, list(tables))
         except VerifyError as exc:
             raise RestoreError(f"{exc}; nothing was restored") from None
         cur.execute(made.create)

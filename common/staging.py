@@ -23,7 +23,13 @@ from psycopg2.extensions import connection as Connection
 from common.db import table_identifier
 from common.exceptions import RestoreError, VerifyError
 from common.swap_check import swap_refusal
-from common.table_schema import Relations, TableStatements, create_statements, read_schema
+from common.table_schema import (
+    Relations,
+    TableStatements,
+    create_statements,
+    description_to_create,
+    read_schema,
+)
 
 log = logging.getLogger(__name__)
 MARK = "pgvector-backup: a restore's staging table; dropped when the restore ends"
@@ -95,14 +101,8 @@ def plan(conn: Connection, tables: dict[str, Any], manifest: dict[str, Any]) -> 
             refusal = swap_refusal(conn, s.oid, s.description, oids)
             if refusal:
                 return f"{table}: {refusal}"
-        elif manifest["format_version"] < 2 or "schema" not in entry:
-            raise RestoreError(
-                f"{table}: missing, and this format {manifest['format_version']} manifest "
-                "describes it only as SQL text, which restore never runs; create the table, "
-                "then restore into it"
-            )
         else:
-            s.description = entry["schema"]
+            s.description = description_to_create(table, manifest, entry)
         try:
             s.made = create_statements(
                 conn, table, s.description, s.columns, tuple(tables), into=_StageRelations(staged, s)

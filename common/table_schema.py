@@ -18,7 +18,7 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
 from common.db import table_identifier
-from common.exceptions import VerifyError
+from common.exceptions import RestoreError, VerifyError
 
 # What `format_type` writes: a name (maybe quoted, maybe schema-qualified) or one of the
 # types SQL spells in several words; then a type modifier and array marks, both optional.
@@ -113,6 +113,18 @@ def read_schema(conn: Connection, table: str) -> dict[str, Any]:
         for index, method, unique, odd, keys, classes, options in indexes
     ]
     return schema
+
+
+def description_to_create(table: str, manifest: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's description of `table` (missing here, so to be created from it);
+    `RestoreError` for a format 1 manifest, which describes tables only as SQL text."""
+    if manifest["format_version"] < 2 or "schema" not in entry:
+        raise RestoreError(
+            f"{table}: missing, and this format {manifest['format_version']} manifest "
+            "describes it only as SQL text, which restore never runs; create the table, "
+            "then restore into it"
+        )
+    return entry["schema"]
 
 
 def check_schema(table: str, schema: Any, columns: list[str]) -> None:
