@@ -8,6 +8,7 @@ with and tests can point it at their own servers.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -142,6 +143,9 @@ class Settings:
     vector: VectorTableManagement = field(default_factory=VectorTableManagement)
     runs: RunControl = field(default_factory=RunControl)
     restore: RestoreSettings = field(default_factory=RestoreSettings)
+    # Where backup directories live: None = under `task_root`; else a storage URL
+    # (`s3://bucket/prefix`) or a directory (`VECTOR_STORAGE_URL`).
+    storage_url: str | None = None
     # HMAC-SHA256 key for manifests: with it, a set is only trusted if its manifest is
     # signed with it (`VECTOR_SIGNING_KEY`).
     signing_key: str | None = field(default=None, repr=False)
@@ -154,17 +158,29 @@ class Settings:
                 "VECTOR_SIGNING_KEY is still .env.example's placeholder: set a secret one"
             )
 
-    def backup_directory(self, task_id: str | None = None) -> Path:
+    @property
+    def root_location(self) -> str:
+        """Where the task directories' backups live: `VECTOR_STORAGE_URL`, else the task root."""
+        return self.storage_url or str(self.task_root)
+
+    def backup_location(self, task_id: str | None = None) -> str:
         """`<root>/<task_id>/vector_bak`, or `<root>/vector_bak` without a task id."""
-        base = self.task_root
-        if task_id is not None:
-            validate_task_id(task_id)
-            base = base / task_id
-        return base / self.vector.backup_directory
+        task = [] if task_id is None else [validate_task_id(task_id)]
+        return posixpath.join(self.root_location, *task, self.vector.backup_directory)
+
+    def backup_directory(self, task_id: str | None = None) -> Path:
+        """`backup_location` as a local path (the task root's, without `VECTOR_STORAGE_URL`)."""
+        if "://" in self.root_location:
+            raise ConfigurationError(f"backups are stored at {self.root_location}, not in a local directory")
+        return Path(self.backup_location(task_id))
 
     def backup_storage(self, task_id: str | None = None) -> Any:
-        """The storage of `backup_directory(task_id)` (`common.storage`)."""
-        return open_storage(self.backup_directory(task_id), self.vector.backup_temp_suffix)
+        """The storage of `backup_location(task_id)` (`common.storage`)."""
+        return open_storage(self.backup_location(task_id), self.vector.backup_temp_suffix)
+
+    def root_storage(self) -> Any:
+        """The storage at the root: its directories are the task ids."""
+        return open_storage(self.root_location, self.vector.backup_temp_suffix)
 
 
 def validate_task_id(task_id: str) -> str:
@@ -257,7 +273,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         runs=runs,
         restore=restore,
         signing_key=env.get("VECTOR_SIGNING_KEY") or None,
+        storage_url=_storage_url(env),
     )
+
+
+def _storage_url(env: Mapping[str, str]) -> str | None:
+    url = (env.get("VECTOR_STORAGE_URL") or "").strip() or None
+    if url is not None and "://" in url:
+        if not url.startswith("s3://"):
+            raise ConfigurationError("VECTOR_STORAGE_URL must be a directory or an s3://bucket/prefix URL")
+        from common.storage.s3 import split_url  # boto3 is imported only where S3 is used
+
+        bucket, prefix = split_url(url)
+        url = f"s3://{bucket}/{prefix}".rstrip("/")
+    return url
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,11 @@ class VerifyError(VectorBackupError):
     """A backup set does not match its manifest, or the manifest is unusable."""
 
 
+class StorageError(VectorBackupError, OSError):
+    """Object storage refused or could not be reached; the message names the location
+    and the reason, never a credential. An `OSError` too: a file that cannot be read."""
+
+
 class RestoreError(VectorBackupError):
     """A restore failed and was rolled back; the database is as it was."""
 

@@ -6,10 +6,12 @@ after its set's timestamp: `manifest_{timestamp}.json`.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import hmac
 import io
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,16 +133,15 @@ class SetRef:
 
 
 def locate(where: SetRef | Path | str, temp_suffix: str = ".tmp") -> SetRef:
-    """The set `where` names: a manifest, or a directory (its newest set)."""
+    """The set `where` names: a manifest, or a directory or storage URL (its newest set)."""
     if isinstance(where, SetRef):
         return where
-    path = Path(where)
+    text = os.fspath(where)
+    if "://" in text:
+        return _locate_url(text.rstrip("/"), temp_suffix)
+    path = Path(text)
     if path.is_dir():
-        storage = open_storage(path, temp_suffix)
-        manifests = storage.names(MANIFEST_GLOB)
-        if not manifests:
-            raise VerifyError(f"{path}: no {MANIFEST_GLOB} in this directory")
-        return SetRef(storage, manifests[-1])
+        return _newest(open_storage(path, temp_suffix), str(path))
     if path.is_symlink():
         raise VerifyError(f"{path}: a manifest that is a symbolic link is never followed")
     if not path.is_file():
@@ -148,14 +149,31 @@ def locate(where: SetRef | Path | str, temp_suffix: str = ".tmp") -> SetRef:
     return SetRef(open_storage(path.parent, temp_suffix), path.name)
 
 
-def find_manifest(path: Path) -> Path:
-    """`path` itself if it is a manifest; for a directory, its newest set's manifest."""
-    ref = locate(path)
-    return ref.storage.local_root / ref.manifest
+def _locate_url(url: str, temp_suffix: str) -> SetRef:
+    parent, _, last = url.rpartition("/")
+    if not fnmatch.fnmatchcase(last, MANIFEST_GLOB):
+        return _newest(open_storage(url, temp_suffix), url)
+    storage = open_storage(parent, temp_suffix)
+    if storage.stat(last) is None:
+        raise VerifyError(f"{url}: no such manifest")
+    return SetRef(storage, last)
 
 
-def load_manifest(where: SetRef | Path) -> dict[str, Any]:
-    ref = where if isinstance(where, SetRef) else SetRef(open_storage(where.parent), where.name)
+def _newest(storage: Any, where: str) -> SetRef:
+    manifests = storage.names(MANIFEST_GLOB)
+    if not manifests:
+        raise VerifyError(f"{where}: no {MANIFEST_GLOB} in this directory")
+    return SetRef(storage, manifests[-1])
+
+
+def find_manifest(where: Path | str) -> str:
+    """Where the manifest is: `where` itself if it is one; for a directory, its newest set's."""
+    ref = locate(where)
+    return f"{ref.storage.location}/{ref.manifest}"
+
+
+def load_manifest(where: SetRef | Path | str) -> dict[str, Any]:
+    ref = locate(where)
     name = ref.manifest
     try:
         with ref.storage.open(name) as raw, io.BufferedReader(raw) as buffered:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from common.db import DatabaseTarget
@@ -158,13 +157,13 @@ def _backup_lines(stats: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def verified_lines(manifest: Mapping[str, Any], manifest_path: Path) -> list[str]:
+def verified_lines(manifest: Mapping[str, Any], manifest_path: str) -> list[str]:
     """A line per table of a set that verified, then the manifest's."""
     lines = [
         f"✓ {table}: {entry['rows']:,} rows, {format_size(entry['bytes'])}, sha256 ok -> {entry['file']}"
         for table, entry in manifest["tables"].items()
     ]
-    return [*lines, f"✓ {manifest_path.name} verifies"]
+    return [*lines, f"✓ {manifest_path.rsplit('/', 1)[-1]} verifies"]
 
 
 def restored_lines(done: Mapping[str, Any], target: DatabaseTarget, mode: str) -> list[str]:

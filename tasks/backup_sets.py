@@ -1,4 +1,5 @@
-"""Celery tasks on existing backup sets: verify and restore, for workers that share the task root."""
+"""Celery tasks on existing backup sets: verify and restore, for workers that share the
+task root or the object storage."""
 
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ from tasks import names
 from tasks.app import app
 
 
-def inside_task_root(settings: Settings, path: str) -> Path:
-    """`path` (absolute, or relative to the task root) if it stays inside the task root."""
-    root = settings.task_root.resolve()
+def inside_task_root(settings: Settings, path: str) -> Path | str:
+    """`path` (absolute, or relative to the root of the backups) if it stays inside that
+    root: the task root, or `VECTOR_STORAGE_URL`."""
+    root_location = settings.root_location
+    if "://" in root_location:
+        url = path if "://" in path else f"{root_location}/{path.lstrip('/')}"
+        if not url.startswith(root_location + "/") or "/../" in f"{url}/" or "/./" in f"{url}/":
+            raise ConfigurationError(f"{path} is outside {root_location}")
+        return url
+    root = Path(root_location).resolve()
     resolved = (root / path).resolve()
     if resolved != root and root not in resolved.parents:
         raise ConfigurationError(f"{path} is outside the task root")

@@ -19,7 +19,7 @@ def nightly_backup() -> EnqueueResult:
 @app.task(name=names.APPLY_RETENTION)
 def apply_backup_retention() -> dict:
     settings, schedules = load_settings(), load_schedules()
-    directory = settings.backup_directory()
+    directory = settings.backup_location()
     client = redis_client(settings.runs.redis_url)
     removed = apply_retention(
         directory,
@@ -28,4 +28,4 @@ def apply_backup_retention() -> dict:
         temp_suffix=settings.vector.backup_temp_suffix,
         signing_key=settings.signing_key,
     )
-    return {"directory": str(directory), "removed": removed}
+    return {"directory": directory, "removed": removed}

@@ -17,11 +17,13 @@ import pytest
 from celery.result import AsyncResult
 
 from worker.celery_app import release_pending_results
-from worker.embedded import start_postgres, start_redis
+from worker.embedded import start_postgres, start_redis, start_s3
 from worker.sample_store import add_collection, create_store, drop_store
 
 # A password embedded servers ignore (trust auth), so leak tests have one to look for.
 FAKE_PASSWORD = "pw-must-not-leak-7f3a"
+# moto accepts any secret; leak tests look for this one.
+FAKE_S3_SECRET = "s3-secret-must-not-leak-91c2"
 
 
 @pytest.fixture(scope="session")
@@ -112,3 +114,41 @@ def task_id() -> str:
 @pytest.fixture
 def task_root(services) -> Path:
     return Path(services["VECTOR_TASK_ROOT"])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(services, tmp_path_factory):
+    """A real S3 endpoint over HTTP: `TEST_S3_URL` (with the AWS credentials of the
+    environment), else moto's server started for the session. The AWS variables are set
+    for this process and every process it starts."""
+    url = os.environ.get("TEST_S3_URL")
+    server = None
+    env = {"AWS_REGION": os.environ.get("AWS_REGION", "us-east-1")}
+    if not url:
+        server = start_s3(tmp_path_factory.mktemp("s3"))
+        url = server.url
+        env.update(AWS_ACCESS_KEY_ID="AKIATESTVECTORBACKUP", AWS_SECRET_ACCESS_KEY=FAKE_S3_SECRET)
+    env["AWS_ENDPOINT_URL"] = url
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield url
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if server is not None:
+        server.stop()
+
+
+@pytest.fixture
+def s3_root(s3_endpoint, monkeypatch) -> str:
+    """A new bucket; backups of this test go to `s3://<bucket>/training_data`
+    (`VECTOR_STORAGE_URL`, read by the in-process worker at each task)."""
+    from common.storage.s3_client import S3Options, s3_client
+
+    bucket = "vb-" + uuid.uuid4().hex[:16]
+    s3_client(S3Options.from_env()).create_bucket(Bucket=bucket)
+    root = f"s3://{bucket}/training_data"
+    monkeypatch.setenv("VECTOR_STORAGE_URL", root)
+    return root

@@ -150,12 +150,12 @@ def runs(limit, as_json):
 
 
 @cli.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path")
 def verify(path):
     """Check a backup set against its manifest: sizes, sha256, CSV rows and headers.
 
-    PATH is a backup directory (its newest set) or one set's manifest_*.json.
-    Exit 0 only when every file holds.
+    PATH is a backup directory or an s3:// URL of one (its newest set), or one set's
+    manifest_*.json. Exit 0 only when every file holds.
     """
     from common.config import load_settings
     from common.manifest import find_manifest, verify_set
@@ -171,7 +171,7 @@ def verify(path):
 
 
 @cli.command("export-csv")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path")
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -199,7 +199,7 @@ def export_csv(path, out):
 
 
 @cli.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path")
 @click.option(
     "--db-connection", metavar="URL", help="Restore into this database instead of the configured one."
 )

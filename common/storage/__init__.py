@@ -13,9 +13,14 @@ A storage is a module here named for its URL scheme (`local` for plain paths) ex
   `opened_info(file)`: the `FileInfo` of a file `open` returned (what is sent is what
   was described);
 - `names(pattern)`: the regular files matching a glob pattern, sorted;
+  `directories()`: the names of the directories (prefixes) directly inside;
+  `present()`: whether the directory (any object under the prefix) exists;
+- `pending(pattern)`: names being written now (temp files; multipart uploads in
+  progress); `discard_pending(pattern, older_than_s)`: remove those (abort them);
 - `delete(name)`; `append_text(name, text)`: the set log shared by a directory's runs.
 
-Names are plain file names: anything with a path separator is refused. Adding a storage
+Storages: `local` (a directory) and `s3` (`s3://bucket/prefix`, any S3-compatible
+store). Names are plain file names: anything with a path separator is refused. Adding a storage
 is adding its module (and, for a new scheme, its settings in `common.config`).
 """
 

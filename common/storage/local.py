@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import stat as stat_mode
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -74,8 +76,33 @@ class LocalDirectory:
             return []
         return sorted(p.name for p in self.root.glob(pattern) if p.is_file() and not p.is_symlink())
 
+    def directories(self) -> list[str]:
+        """The subdirectories' names; a symbolic link is never followed."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.is_symlink())
+
+    def present(self) -> bool:
+        return self.root.is_dir() and not self.root.is_symlink()
+
     def delete(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)
+
+    def pending(self, pattern: str = "*") -> list[str]:
+        """Names matching `pattern` being written right now (their temp files exist)."""
+        cut = len(self.temp_suffix)
+        return [n[:-cut] for n in self.names(pattern + glob.escape(self.temp_suffix))]
+
+    def discard_pending(self, pattern: str = "*", older_than_s: float = 0.0) -> list[str]:
+        """Remove the temp files of names matching `pattern` last written more than
+        `older_than_s` ago; the names."""
+        done = []
+        for name in self.pending(pattern):
+            info = self.stat(name + self.temp_suffix)
+            if info is not None and time.time() - info.mtime >= older_than_s:
+                self.delete(name + self.temp_suffix)
+                done.append(name)
+        return done
 
     def append_text(self, name: str, text: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ must not replay a failure.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import uuid
 from dataclasses import dataclass
@@ -213,11 +214,12 @@ def reserve_timestamp(client, settings: Settings, task_id: str | None, ttl: int)
     same second (two API calls, say) would collide; the later run takes the next free
     second instead. Redis arbitrates between clients; the disk covers older sets.
     """
-    directory = settings.backup_directory(task_id)
+    directory = settings.backup_location(task_id)
+    storage = settings.backup_storage(task_id)
     moment = datetime.now()
     for _ in range(3600):
         stamp = moment.strftime(settings.vector.timestamp_format)
-        free = not any(directory.glob(f"*_{stamp}.*"))
+        free = not storage.names(f"*_{glob.escape(stamp)}.*")
         if free and client.set(stamp_key(directory, stamp), 1, nx=True, ex=ttl):
             return moment
         moment += timedelta(seconds=1)

@@ -1,0 +1,176 @@
+"""Streamed multipart upload: an object is visible whole, or not at all.
+
+S3 allows 10,000 parts per object, each at least 5 MiB but the last. A writer that
+keeps one part size caps the object at 10,000 times that size (8 MiB parts break near 80
+GB, a known failure of other tools), and a compressed stream's size is not known in
+advance. So part sizes grow: the first 1,000 parts have the configured size, each
+following thousand twice the size of the one before (8 MiB first parts reach 8 TiB,
+past S3's 5 TiB object limit), never past 5 GiB; memory stays at a few parts.
+Parts go out on `uploads` threads while the next one fills.
+
+The upload is completed only when the writer finishes without an error, and aborted on
+any failure, so no partial object is ever visible. An abort that cannot reach the
+storage leaves a pending upload (invisible, but billed); the run's close and retention
+abort those (`S3Prefix.discard_pending`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from common.exceptions import StorageError
+from common.storage.s3_client import BOTO_ERRORS, storage_error
+
+log = logging.getLogger(__name__)
+
+MAX_PARTS = 10_000
+GROW_EVERY = 1_000
+MAX_PART_BYTES = 5 << 30
+
+
+def part_size(first: int, number: int) -> int:
+    """The size part `number` (from 1) is cut at."""
+    return min(first << ((number - 1) // GROW_EVERY), MAX_PART_BYTES)
+
+
+@dataclass(frozen=True)
+class SentPart:
+    number: int
+    etag: str
+    size: int
+    sha256: str
+
+    def completed(self) -> dict[str, Any]:
+        return {"PartNumber": self.number, "ETag": self.etag}
+
+
+class Upload:
+    """One multipart upload of `key`: parts sent (from several processes, for range-split),
+    then completed in part-number order, or aborted."""
+
+    def __init__(
+        self, client: Any, bucket: str, key: str, location: str, upload_id: str | None = None
+    ) -> None:
+        self.client, self.bucket, self.key, self.location = client, bucket, key, location
+        self.upload_id = upload_id
+
+    def start(self) -> str:
+        try:
+            answer = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)
+        except BOTO_ERRORS as exc:
+            raise storage_error(self.location, "starting an upload", exc) from None
+        self.upload_id = answer["UploadId"]
+        return self.upload_id
+
+    def send(self, number: int, data: bytes) -> SentPart:
+        if not 1 <= number <= MAX_PARTS:
+            raise StorageError(f"{self.location}: more than {MAX_PARTS} parts")
+        try:
+            answer = self.client.upload_part(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=data
+            )
+        except BOTO_ERRORS as exc:
+            raise storage_error(self.location, f"uploading part {number}", exc) from None
+        return SentPart(number, answer["ETag"], len(data), hashlib.sha256(data).hexdigest())
+
+    def complete(self, parts: list[SentPart], replace: bool) -> None:
+        ordered = sorted(parts, key=lambda p: p.number)
+        extra = {} if replace else {"IfNoneMatch": "*"}
+        try:
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": [p.completed() for p in ordered]},
+                **extra,
+            )
+        except BOTO_ERRORS as exc:
+            raise storage_error(self.location, "completing the upload", exc) from None
+
+    def abort(self) -> None:
+        """Best effort: on failure the upload stays pending until a cleanup aborts it."""
+        if self.upload_id is None:
+            return
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+        except BOTO_ERRORS as exc:
+            log.warning(
+                "%s; the pending upload is aborted by the next cleanup",
+                storage_error(self.location, "aborting an upload", exc),
+            )
+
+
+class MultipartWriter(io.RawIOBase):
+    """A binary writer whose bytes become the object `key` when `finish` is called.
+
+    A file smaller than the first part is sent in one PUT (also atomic). `replace=False`
+    completes only if no object has the name meanwhile.
+    """
+
+    def __init__(self, upload: Upload, first_part: int, uploads: int, replace: bool) -> None:
+        super().__init__()
+        self.upload, self.first_part, self.replace = upload, first_part, replace
+        self._buffer = bytearray()
+        self._next = 1
+        self._sent: list[Future] = []
+        self._slots = threading.Semaphore(uploads)
+        self._pool = ThreadPoolExecutor(uploads, thread_name_prefix="s3-upload")
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._raise_failed()
+        self._buffer += data
+        self.size += len(data)
+        if len(self._buffer) >= part_size(self.first_part, self._next):
+            self._cut()
+        return len(data)
+
+    def _cut(self) -> None:
+        if self.upload.upload_id is None:
+            self.upload.start()
+        data, self._buffer = bytes(self._buffer), bytearray()
+        number, self._next = self._next, self._next + 1
+        self._slots.acquire()
+        future = self._pool.submit(self.upload.send, number, data)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._sent.append(future)
+
+    def _raise_failed(self) -> None:
+        for future in self._sent:
+            if future.done() and future.exception() is not None:
+                raise future.exception()
+
+    def finish(self) -> None:
+        try:
+            if self.upload.upload_id is None:
+                self._put_whole()
+                return
+            if self._buffer:
+                self._cut()
+            parts = [future.result() for future in self._sent]
+            self.upload.complete(parts, self.replace)
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def _put_whole(self) -> None:
+        up = self.upload
+        extra = {} if self.replace else {"IfNoneMatch": "*"}
+        try:
+            up.client.put_object(Bucket=up.bucket, Key=up.key, Body=bytes(self._buffer), **extra)
+        except BOTO_ERRORS as exc:
+            raise storage_error(up.location, "writing the object", exc) from None
+
+    def abort(self) -> None:
+        for future in self._sent:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        self.upload.abort()
