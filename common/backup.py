@@ -16,7 +16,6 @@ import psycopg2
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from psycopg2.extensions import connection as Connection
 
-from common.compression import compressing
 from common.consistency import link_column, snapshot_collection_ids
 from common.copier import Copier, CountingWriter, StreamCopier, plan_copy
 from common.db import (
@@ -137,10 +136,7 @@ def _copy_in_snapshot(conn: Connection, job: TableJob, copier: Copier, tracker: 
     tracker.step("creating the backup directory")
     job.storage.prepare()
     tracker.step(copier.step)
-    with (
-        job.storage.writer(job.file_name, replace=job.replace) as out,
-        compressing(out, settings.compression) as (sink, file_sha256),
-    ):
+    with copier.output(job) as (sink, file_sha256):
         writer = copier.writer(sink, settings.progress_every, tracker.report, fmt)
         rows = copier.copy(conn, table, query, writer)
         if link:
@@ -177,7 +173,11 @@ def _result(job: TableJob, copied: _Copied, started: float) -> TableBackup:
         duration=round(time.time() - started, 3),
         started_at=started,
     )
-    if compressed:
+    part_sizes = getattr(copied.file_sha256, "part_sizes", None)
+    if part_sizes is not None:
+        # Uploaded in parts by several copiers: nobody saw the rows whole to hash them.
+        result["part_sizes"] = part_sizes
+    elif compressed:
         result.update(csv_sha256=writer.sha256.hexdigest(), csv_bytes=writer.bytes)
     if copied.fingerprint:
         result["fingerprint"] = copied.fingerprint

@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from common.digest import FileDigest
 from common.exceptions import ConfigurationError
 
 SUFFIXES = {"none": "", "zstd": ".zst", "gzip": ".gz"}
@@ -82,16 +83,17 @@ def decompressing(raw: BinaryIO, name: str) -> BinaryIO:
         reader.myfileobj = buffered  # what GzipFile closes when it opened the file itself
         return reader
     if compression == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(buffered, closefd=True)
+        # A file joined from parts holds one frame per part.
+        return zstandard.ZstdDecompressor().stream_reader(buffered, closefd=True, read_across_frames=True)
     return buffered
 
 
 class HashingReader(io.RawIOBase):
     """A file read once: every byte read is hashed and counted, so what a reader used is
-    exactly what was checked."""
+    exactly what was checked (`part_sizes`: a file uploaded in parts, `common.digest`)."""
 
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw, self.sha256, self.size = raw, hashlib.sha256(), 0
+    def __init__(self, raw: BinaryIO, part_sizes: list[int] | None = None) -> None:
+        self._raw, self.sha256, self.size = raw, FileDigest(part_sizes), 0
 
     def readable(self) -> bool:
         return True
@@ -113,8 +115,10 @@ class HashingReader(io.RawIOBase):
         super().close()
 
 
-def open_checked(raw: BinaryIO, name: str) -> tuple[BinaryIO, HashingReader]:
+def open_checked(
+    raw: BinaryIO, name: str, part_sizes: list[int] | None = None
+) -> tuple[BinaryIO, HashingReader]:
     """`decompressing` the file `raw` through a `HashingReader` of the file itself: the
     bytes used are exactly the bytes hashed."""
-    hashed = HashingReader(raw)
+    hashed = HashingReader(raw, part_sizes)
     return decompressing(hashed, name), hashed

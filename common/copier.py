@@ -5,13 +5,15 @@ COPY's options and framing are the file format's (`common.formats`)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, Protocol
 
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
+from common.compression import compressing
 from common.db import table_identifier
 from common.exceptions import BackupError
 
@@ -118,10 +120,26 @@ def not_hashed(data: bytes) -> None:
     pass
 
 
+@contextlib.contextmanager
+def file_output(job: Any) -> Iterator[tuple[BinaryIO, Any]]:
+    """The table's file in its storage, published whole when the block ends without an
+    error: (the writer for the rows' bytes, the file's sha256 when compressed, else None)."""
+    with (
+        job.storage.writer(job.file_name, replace=job.replace) as out,
+        compressing(out, job.settings.compression) as pair,
+    ):
+        yield pair
+
+
 class Copier(Protocol):
     """How a table's rows reach its file: `StreamCopier`, or `common.split`'s holder."""
 
     step: str
+
+    def output(self, job: Any) -> contextlib.AbstractContextManager[tuple[BinaryIO, Any]]:
+        """Where the rows go (`file_output`): a writer, and the file's checksum if it is
+        not the hash of the bytes written (None)."""
+        ...
 
     def writer(self, sink: BinaryIO, every: int, report: Report, fmt: Any) -> CountingWriter: ...
 
@@ -132,6 +150,9 @@ class Copier(Protocol):
 
 class StreamCopier:
     step = "copying"
+
+    def output(self, job: Any) -> contextlib.AbstractContextManager[tuple[BinaryIO, Any]]:
+        return file_output(job)
 
     def writer(self, sink: BinaryIO, every: int, report: Report, fmt: Any) -> CountingWriter:
         return CountingWriter(sink, every, report, fmt.header_records, trailer_records=fmt.trailer_records)

@@ -59,7 +59,7 @@ def load_file(
         check_types(cur, table, target, entry["columns"], fmt)
     columns = [c[0] for c in entry["columns"]]
     with ref.storage.open(entry["file"]) as raw:
-        data, hashed = open_checked(raw, entry["file"])
+        data, hashed = open_checked(raw, entry["file"], entry.get("part_sizes"))
         if loaders:
             rows = load_parallel(list(loaders), target, columns, fmt, data)
         else:

@@ -22,6 +22,7 @@ import zstandard
 from common.compression import decompressing, of_file
 from common.config import FILE_FORMATS
 from common.consistency import COLLECTION_TABLE, link_column, missing_collections
+from common.digest import FileDigest, valid_part_sizes
 from common.exceptions import VerifyError
 from common.formats import DEFAULT as DEFAULT_FORMAT
 from common.formats import file_format
@@ -71,7 +72,7 @@ def write_manifest(
                 "sha256": info["sha256"],
                 "compression": of_file(info["backup_file"]),
                 "format": info.get("format", DEFAULT_FORMAT),
-                **{k: info[k] for k in ("csv_bytes", "csv_sha256") if k in info},
+                **{k: info[k] for k in ("csv_bytes", "csv_sha256", "part_sizes") if k in info},
                 "duration": info["duration"],
                 "columns": info["columns"],
                 "schema": info["schema"],
@@ -193,6 +194,8 @@ def load_manifest(where: SetRef | Path | str) -> dict[str, Any]:
             for k, kind in (("file", str), ("rows", int), ("bytes", int), ("sha256", str))
         ):
             raise VerifyError(f"{name}: {str(table)[:100]}: file, rows, bytes or sha256 missing or malformed")
+        if "part_sizes" in entry and not valid_part_sizes(entry["part_sizes"], entry["bytes"]):
+            raise VerifyError(f"{name}: {str(table)[:100]}: part_sizes malformed or not adding up to bytes")
         columns = entry.get("columns")
         if not isinstance(columns, list) or not all(
             isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c) for c in columns
@@ -270,7 +273,7 @@ def _check_file(
     columns = [c[0] for c in described]
     link = link_column(table, columns)
     try:
-        if hash_file and _sha256(storage, name) != entry.get("sha256"):
+        if hash_file and _sha256(storage, name, entry.get("part_sizes")) != entry.get("sha256"):
             problems.append(f"{name} does not match its sha256")
         with storage.open(name) as raw:
             rows = decompressing(raw, name)
@@ -294,8 +297,8 @@ def _header_problems(fmt: Any, rows: BinaryIO, columns: list[list[str]], name: s
     return [] if same else [f"{name} header does not match the manifest's columns"]
 
 
-def _sha256(storage: Any, name: str) -> str:
-    digest = hashlib.sha256()
+def _sha256(storage: Any, name: str, part_sizes: list[int] | None = None) -> str:
+    digest = FileDigest(part_sizes)
     with storage.open(name) as f:
         while chunk := f.read(READ_CHUNK):
             digest.update(chunk)

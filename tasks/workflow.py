@@ -26,13 +26,12 @@ from tasks.app import app
 
 def splits(settings: Settings, table: str) -> bool:
     """Whether `table` gets several header tasks (range-split, `common.split`, which
-    shares one file in a local directory)."""
+    shares one file in a local directory or one multipart upload in object storage)."""
     vector = settings.vector
     return (
         vector.split_workers > 1
         and table in vector.split_tables
         and file_format(vector.file_format).can_split
-        and settings.backup_storage().local_root is not None
     )
 
 

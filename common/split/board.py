@@ -132,3 +132,41 @@ class SplitBoard:
     def settled(self) -> dict[str, Any] | None:
         raw = self.client.get(self.key("result"))
         return json.loads(raw) if raw else None
+
+    # Range-split on object storage (`common.split.parts`): each copier uploads its rows
+    # as parts of the table's one multipart upload and says which, once, when it is done.
+
+    def number_parts_from(self, attempt: int, first: int) -> None:
+        """Part numbers handed out from here on follow `first` (the holder's first part)."""
+        self.client.set(self.key(attempt, "parts"), first, ex=KEY_TTL_S)
+
+    def next_part(self, attempt: int) -> int:
+        return int(self.client.incr(self.key(attempt, "parts")))
+
+    def join_stream(self, attempt: int) -> str:
+        """This task will upload parts: the holder waits for its `end_stream`, or for its
+        heartbeat (the returned key) to stop. Called before it claims any range."""
+        alive = self.key(attempt, "stream-alive", self.who)
+        with self.client.pipeline() as pipe:
+            pipe.set(alive, 1, ex=int(BEAT_TTL_S))
+            pipe.sadd(self.key(attempt, "streams"), self.who)
+            pipe.expire(self.key(attempt, "streams"), KEY_TTL_S)
+            pipe.execute()
+        return alive
+
+    def end_stream(self, attempt: int, record: dict[str, Any]) -> None:
+        with self.client.pipeline() as pipe:
+            pipe.set(self.key(attempt, "stream", self.who), json.dumps(record), ex=KEY_TTL_S)
+            pipe.rpush(self.key(attempt, "finished"), f"stream:{self.who}")
+            pipe.delete(self.key(attempt, "stream-alive", self.who))
+            pipe.execute()
+
+    def streams(self, attempt: int) -> list[str]:
+        return sorted(m.decode() for m in self.client.smembers(self.key(attempt, "streams")))
+
+    def stream(self, attempt: int, who: str) -> dict[str, Any] | None:
+        raw = self.client.get(self.key(attempt, "stream", who))
+        return json.loads(raw) if raw else None
+
+    def stream_alive(self, attempt: int, who: str) -> bool:
+        return bool(self.client.exists(self.key(attempt, "stream-alive", who)))

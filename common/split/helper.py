@@ -3,6 +3,8 @@ copies the ranges it claims, into the holder's file or into part files."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from common.exceptions import BackupError, VectorBackupError
 from common.progress import TableProgress
 from common.shared_file import appender, appends_safely, open_for_appending
 from common.split.board import Heartbeat, SplitBoard
+from common.split.parts import PartSink, big_enough, part_record
 from common.split.plan import SplitPlan, part_name
 from common.table_job import TableJob
 
@@ -38,8 +41,8 @@ class Helper:
         self.job, self.board = job, board
 
     @property
-    def root(self) -> Path:
-        """Range-split writes its parts and shared file in a local directory."""
+    def root(self) -> Path | None:
+        """The local directory of the parts and shared file; None on object storage."""
         return self.job.storage.local_root
 
     def part(self, attempt: int, chunk: int) -> Path:
@@ -53,6 +56,8 @@ class Helper:
             return 0, 0  # this host sees the file on a network filesystem: the holder copies
         if not import_snapshot(conn, plan.snapshot):
             return None
+        if plan.upload:
+            return self._help_uploading(conn, plan)
         fd = None
         if plan.file and (fd := self.shared_file(plan)) is None:
             end_transaction_quietly(conn)
@@ -65,7 +70,39 @@ class Helper:
                 os.close(fd)
         return copied
 
-    def _claim_and_copy(self, conn: Connection, plan: SplitPlan, fd: int | None) -> tuple[int, int]:
+    def _help_uploading(self, conn: Connection, plan: SplitPlan) -> tuple[int, int]:
+        """Copy ranges into parts of the holder's upload (`common.split.parts`); say which
+        parts, and the leftover object, once every one is sent."""
+        job, board, attempt = self.job, self.board, plan.attempt
+        beat = Heartbeat(board.client, board.join_stream(attempt))
+        upload = job.storage.upload(job.file_name, plan.upload)
+        numbers = functools.partial(board.next_part, attempt)
+        sink = PartSink(upload, job.settings.compression, job.storage.options.part_size, numbers)
+        record: dict = {"error": f"{job.table}: a helper stopped while uploading parts"}
+        try:
+            copied = self._claim_and_copy(conn, plan, None, sink)
+            end_snapshot(conn)
+            rest, tail = sink.take(), None
+            if big_enough(rest):
+                sink.send(rest)
+            elif rest:
+                tail = part_name(job.file_name, attempt, f"tail-{board.who}", job.settings.backup_temp_suffix)
+                with job.storage.writer(tail, replace=True) as out:
+                    out.write(rest)
+            record = {"parts": part_record(sink.sent()), "tail": tail}
+            return copied
+        except (OSError, VectorBackupError) as exc:
+            sink.abandon()
+            end_transaction_quietly(conn)
+            record = {"error": f"{job.table}: uploading parts failed: {first_line(exc)}"}
+            raise BackupError(record["error"]) from exc
+        finally:
+            board.end_stream(attempt, record)
+            beat.stop()
+
+    def _claim_and_copy(
+        self, conn: Connection, plan: SplitPlan, fd: int | None, sink: PartSink | None = None
+    ) -> tuple[int, int]:
         board, attempt = self.board, plan.attempt
         done = [0, 0]  # rows and bytes of the ranges finished so far
 
@@ -88,7 +125,7 @@ class Helper:
                     continue
                 beat = beat or Heartbeat(board.client)
                 beat.add(board.alive_key(attempt, chunk))
-                rows, written = self._copy_range(conn, plan, chunk, report, fd)
+                rows, written = self._copy_range(conn, plan, chunk, report, fd, sink)
                 done[0], done[1] = done[0] + rows, done[1] + written
         finally:
             if beat is not None:
@@ -106,19 +143,22 @@ class Helper:
         return fd
 
     def _copy_range(
-        self, conn: Connection, plan: SplitPlan, chunk: int, report, fd: int | None
+        self, conn: Connection, plan: SplitPlan, chunk: int, report, fd: int | None, sink: PartSink | None
     ) -> tuple[int, int]:
-        """One range, appended to the shared file `fd` or else written to its part file."""
-        table, fmt, path = self.job.table, self.job.format, self.part(plan.attempt, chunk)
+        """One range, into the parts `sink` sends, appended to the shared file `fd`, or
+        else written to its part file."""
+        table, fmt = self.job.table, self.job.format
+        path = self.part(plan.attempt, chunk) if sink is None else None
         try:
-            with appender(fd) if fd is not None else open(path, "wb") as out:
+            with _range_output_of(fd, sink, path) as out:
                 # Rows only, without header or trailer; the holder hashes the table's file.
                 writer = CountingWriter(
                     out, self.job.settings.progress_every, report, header_records=0, hashed=False
                 )
                 copy_range(conn, table, plan.query(table, chunk, fmt), writer, fmt)
         except (psycopg2.Error, OSError, VectorBackupError) as exc:
-            path.unlink(missing_ok=True)
+            if path is not None:
+                path.unlink(missing_ok=True)
             end_transaction_quietly(conn)
             error = f"{table}: chunk {chunk + 1} of {plan.chunks} failed: {first_line(exc)}"
             self.board.finish(plan.attempt, chunk, {"error": error})
@@ -127,6 +167,12 @@ class Helper:
         report(writer.records, writer.bytes)
         self.board.finish(plan.attempt, chunk, {"rows": writer.records, "bytes": writer.bytes})
         return writer.records, writer.bytes
+
+
+def _range_output_of(fd: int | None, sink: PartSink | None, path: Path | None):
+    if sink is not None:
+        return contextlib.nullcontext(sink)
+    return appender(fd) if fd is not None else open(path, "wb")
 
 
 def help_from_thread(target: DatabaseTarget, helper: Helper, plan: SplitPlan, copied: dict[str, int]) -> None:

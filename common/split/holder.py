@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -9,11 +10,21 @@ from typing import Any, BinaryIO
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
-from common.copier import CountingWriter, Report, copy_header, copy_range, copy_rows, not_hashed
+from common.copier import (
+    CountingWriter,
+    Report,
+    copy_header,
+    copy_range,
+    copy_rows,
+    file_output,
+    not_hashed,
+)
 from common.exceptions import BackupError
 from common.shared_file import TailHasher, append_from, identity
 from common.split.board import SplitBoard
+from common.split.parts import Uploading, from_record
 from common.split.plan import SplitPlan, make_plan
+from common.storage.s3_upload import SentPart
 
 READ_BLOCK = 1 << 20
 
@@ -69,6 +80,8 @@ class Holder:
     `direct`: every copier appends its rows to the table's file itself
     (`common.shared_file`); otherwise (a compressed file, one stream through one
     compressor) helpers write part files that the holder appends in range order.
+    `uploading`: the file is in object storage, and every copier uploads its rows as
+    parts of its multipart upload (`common.split.parts`).
     `on_plan` starts the holder's own helper thread once the plan is out.
     """
 
@@ -85,25 +98,36 @@ class Holder:
         direct: bool,
         fmt: Any,
         on_plan: Callable[[SplitPlan], None] | None = None,
+        uploading: Uploading | None = None,
     ) -> None:
         self.board, self.attempt, self.workers, self.min_bytes = board, attempt, workers, min_bytes
         self.part, self.direct, self.on_plan, self.fmt = part, direct, on_plan, fmt
+        self.uploading = uploading
+
+    def output(self, job: Any) -> contextlib.AbstractContextManager[tuple[BinaryIO, Any]]:
+        return self.uploading.output(job) if self.uploading else file_output(job)
 
     def writer(self, sink: BinaryIO, every: int, report: Report, fmt: Any) -> HolderWriter:
         return HolderWriter(sink, every, report, fmt)
 
     def copy(self, conn: Connection, table: str, whole: sql.Composed, writer: HolderWriter) -> int:
         copiers = self.workers + (self.on_plan is not None)
-        plan = make_plan(conn, table, self.attempt, self.workers, self.min_bytes, copiers, self.direct)
+        shared = self.direct or self.uploading is not None
+        plan = make_plan(conn, table, self.attempt, self.workers, self.min_bytes, copiers, shared)
         if plan.chunks == 1:
             self.board.publish(plan)  # helpers arriving now have nothing to do
-            return copy_rows(conn, table, whole, writer)
+            rows = copy_rows(conn, table, whole, writer)
+            if self.uploading:
+                self.uploading.finish(writer, [], b"")
+            return rows
 
         def copy(chunk: int) -> int:
             return copy_range(conn, table, plan.query(table, chunk, self.fmt), writer, self.fmt)
 
         # One header and one trailer (the format's) around the rows of every range.
         writer.joining()
+        if self.uploading:
+            return self._copy_uploading(conn, table, plan, copy, writer)
         if not self.direct:
             copy_header(conn, table, writer, self.fmt)
             self._publish(plan)
@@ -131,6 +155,37 @@ class Holder:
         if tail.size != writer.bytes:
             raise BackupError(f"{table}: the file holds {tail.size} bytes, its chunks wrote {writer.bytes}")
         return rows
+
+    def _copy_uploading(
+        self, conn: Connection, table: str, plan: SplitPlan, copy, writer: HolderWriter
+    ) -> int:
+        uploading = self.uploading
+        copy_header(conn, table, writer, self.fmt)
+        self._publish(plan.uploading(uploading.upload_id))
+        rows = self._join_direct(plan, copy, writer.out.flush, writer.count_shared)
+        parts, tails = self._streams()
+        for tail in tails:
+            uploading.add_tail(tail)
+        uploading.finish(writer, parts, self.fmt.trailer)
+        return rows
+
+    def _streams(self) -> tuple[list[SentPart], list[str]]:
+        """The parts and leftover objects of every helper that uploaded, once each is done."""
+        board, attempt = self.board, self.attempt
+        parts, tails = [], []
+        for who in board.streams(attempt):
+            while (record := board.stream(attempt, who)) is None:
+                if not board.stream_alive(attempt, who):
+                    record = board.stream(attempt, who)
+                    if record is None:
+                        raise HelperLost("a helper uploading parts stopped")
+                    break
+                board.wait_for_finish(attempt, timeout=1.0)
+            if "error" in record:
+                raise BackupError(record["error"])
+            parts += from_record(record["parts"])
+            tails += [record["tail"]] if record.get("tail") else []
+        return parts, tails
 
     def _publish(self, plan: SplitPlan) -> None:
         self.board.publish(plan)

@@ -17,6 +17,7 @@ from common.shared_file import appends_safely
 from common.split.board import SplitBoard
 from common.split.helper import Helper, help_from_thread
 from common.split.holder import HelperLost, Holder
+from common.split.parts import HeadTooSmall, Uploading
 from common.split.plan import SplitPlan
 from common.table_job import TableJob
 
@@ -77,17 +78,18 @@ class SplitJob:
 
     def _hold(self, conn: Connection, attempt: int) -> TableBackup:
         inner = _InnerHelper(self.target, self._helper)
-        # Ranges are shared through a local directory, in a format whose ranges join;
-        # otherwise the holder copies alone and the table's other tasks return once it
-        # has settled.
-        shares = self._helper.root is not None and self.job.format.can_split
+        # Ranges are shared through a local directory or an object storage's multipart
+        # upload, in a format whose ranges join; otherwise the holder copies alone and
+        # the table's other tasks return once it has settled.
+        storage = self.job.storage
+        shares = self.job.format.can_split and (storage.local_root is not None or hasattr(storage, "upload"))
         holder = self._holder(attempt, inner) if shares else None
         job = self.job.reporting_to(inner.adding_its_rows(self.job.on_progress))
         beat = self.board.holding()
         try:
             try:
                 result = self._back_up(conn, job, holder)
-            except HelperLost:
+            except (HelperLost, HeadTooSmall):
                 # A new attempt number first: no helper of the old one may open the new file.
                 self.board.new_attempt()
                 inner.reset()
@@ -99,18 +101,25 @@ class SplitJob:
         return result
 
     def _holder(self, attempt: int, inner: _InnerHelper) -> Holder:
-        settings = self.job.settings
-        direct = settings.compression == "none" and appends_safely(self._helper.root)
-        # Appending parts leaves the holder time for a helper thread; copying directly does not.
+        settings, root = self.job.settings, self._helper.root
+        uploading = direct = None
+        if root is None:  # object storage: every copier uploads its own parts
+            part_bytes = self.job.storage.options.part_size
+            uploading = Uploading(self.board, attempt, settings.compression, part_bytes)
+        else:
+            direct = settings.compression == "none" and appends_safely(root)
+        # Appending parts leaves the holder time for a helper thread; copying directly or
+        # uploading does not.
         return Holder(
             self.board,
             attempt,
             settings.split_workers,
             int(settings.split_min_mb * 2**20),
             part=self._helper.part,
-            direct=direct,
+            direct=bool(direct),
             fmt=self.job.format,
-            on_plan=inner.start if self.inner_helper and not direct else None,
+            on_plan=inner.start if self.inner_helper and direct is False else None,
+            uploading=uploading,
         )
 
     def _back_up(self, conn: Connection, job: TableJob, holder: Holder | None) -> TableBackup:
@@ -118,7 +127,7 @@ class SplitJob:
         started = time.time()
         try:
             return backup_table(conn, job, holder)
-        except HelperLost:
+        except (HelperLost, HeadTooSmall):
             raise
         except Exception as exc:  # noqa: BLE001 - any surprise is still this table's failure
             return {**failure_of(self.target, job.table, exc, started), "part": False}

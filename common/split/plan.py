@@ -31,6 +31,7 @@ class SplitPlan:
     helpers_from: int  # helpers start at this range; the holder copies those before it
     total_estimate: int | None
     file: list[int] | None = None  # (st_dev, st_ino) of the file copiers append to directly
+    upload: str | None = None  # the multipart upload copiers send parts to (object storage)
 
     @property
     def chunks(self) -> int:
@@ -41,6 +42,9 @@ class SplitPlan:
 
     def sharing(self, file: list[int]) -> SplitPlan:
         return dataclasses.replace(self, file=file)
+
+    def uploading(self, upload: str) -> SplitPlan:
+        return dataclasses.replace(self, upload=upload)
 
     def helper_order(self) -> list[int]:
         """The ranges a helper tries, its own share first."""

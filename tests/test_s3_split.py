@@ -1,0 +1,153 @@
+"""Range-split across hosts on object storage: workers that share Redis and PostgreSQL but
+no directory (each its own `VECTOR_TASK_ROOT`) make one set in S3, every copier uploading
+its rows as parts of the table's one multipart upload."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from common.config import load_settings
+from common.digest import FileDigest, parts_hexdigest
+from common.exceptions import VerifyError
+from common.manifest import verify_set
+from tasks.vector_backup import build_vector_workflow
+from tests.processes import ROOT, project_env, start_logged
+from tests.test_faults import final_state, send_truncate_run
+from tests.test_processes import isolated
+from tests.test_worker_killed import stop
+from worker.sample_store import add_bulk_rows, count_rows, row_texts
+
+EMBEDDING = "langchain_pg_embedding"
+
+
+def host(tmp_path, name: str, broker: str, **extra: str) -> dict:
+    """A machine of its own: its own task root, no directory shared with the others."""
+    root = tmp_path / name
+    root.mkdir()
+    return project_env(
+        CELERY_BROKER_URL=broker,
+        CELERY_RESULT_BACKEND=broker,
+        VECTOR_TASK_ROOT=str(root),
+        VECTOR_SPLIT_MIN_MB="0",
+        VECTOR_S3_PART_SIZE_MB="5",
+        **extra,
+    )
+
+
+def start_host_worker(env: dict, log) -> object:
+    argv = ["-m", "celery", "-A", "worker", "worker", "-l", "info", "-c", "1", "-n", f"{log.stem}@%h"]
+    return start_logged(argv, log, env, start_new_session=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+@pytest.mark.parametrize(
+    ("file_format", "compression", "rows", "redis_db"),
+    [("csv", "none", 40_000, 12), ("binary", "zstd", 80_000, 13)],
+)
+def test_two_hosts_without_a_shared_directory_make_one_range_split_set_in_s3(
+    store, services, task_id, tmp_path, s3_root, file_format, compression, rows, redis_db
+):
+    # Random vectors, as real embeddings: compressed, the file still spans several parts.
+    add_bulk_rows(store.conn, store.kind, store.collection_id, rows, dim=64, random_vectors=True)
+    before = row_texts(store.conn, EMBEDDING)
+    broker = isolated(services["CELERY_BROKER_URL"], redis_db)
+    settings = dict(VECTOR_BACKUP_FORMAT=file_format, VECTOR_BACKUP_COMPRESSION=compression)
+    hosts = {name: host(tmp_path, name, broker, **settings) for name in ("host_a", "host_b", "host_c")}
+    workers = [start_host_worker(hosts[name], tmp_path / f"{name}.log") for name in ("host_a", "host_b")]
+    try:
+        final = final_state(send_truncate_run(hosts["host_c"], task_id, 150), log=tmp_path / "host_a.log")
+    finally:
+        for worker in workers:
+            stop(worker)
+
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("host_a", "host_b")}
+    assert final["state"] == "SUCCESS", (final, logs)
+    outcome = final["outcome"]
+    directory = f"{s3_root}/{task_id}/vector_bak"
+    assert outcome["backup_directory"] == directory and outcome["truncate_performed"]
+    assert count_rows(store.conn, EMBEDDING) == 0
+    # Both hosts copied rows of the embedding table: one held it, the other helped.
+    copied = {name: re.findall(r"'part': True, 'row_count': (\d+)", log) for name, log in logs.items()}
+    assert any(int(n) > 0 for rows in copied.values() for n in rows), logs
+    assert sum(1 for log in logs.values() if "'part': True" in log) == 1, copied
+    for name in ("host_a", "host_b"):
+        assert not any((tmp_path / name).iterdir()), f"{name} wrote to its disk"
+
+    entry = outcome["tables_backed_up"][EMBEDDING]
+    assert entry["row_count"] == rows and entry["success"]
+    manifest = verify_set(f"{directory}/{outcome['manifest']}")
+    sizes = manifest["tables"][EMBEDDING]["part_sizes"]
+    assert len(sizes) >= 3 and all(size >= 5 << 20 for size in sizes[:-1]), sizes
+    storage = load_settings().backup_storage(task_id)
+    assert storage.pending() == [] and not [n for n in storage.names() if ".part" in n]
+
+    # A third host, with a root of its own, verifies and restores the set from S3.
+    env = hosts["host_c"]
+    verified = worker_cli_in(env, "verify", directory)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    restored = worker_cli_in(env, "restore", directory)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert row_texts(store.conn, EMBEDDING) == before
+
+
+def worker_cli_in(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_a_changed_byte_in_any_part_of_a_split_object_fails_verify(
+    store, task_id, s3_root, monkeypatch, celery_worker_session
+):
+    """The manifest's hash list covers every part: any changed byte of the object shows."""
+    monkeypatch.setenv("VECTOR_SPLIT_MIN_MB", "0")
+    monkeypatch.setenv("VECTOR_S3_PART_SIZE_MB", "5")
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 40_000, dim=64, random_vectors=True)
+    result = build_vector_workflow(task_id, backup=True).apply_async().get(timeout=120)
+    storage = load_settings().backup_storage(task_id)
+    name = result["tables_backed_up"][EMBEDDING]["backup_file"]
+    entry = verify_set(f"{storage.location}/{result['manifest']}")["tables"][EMBEDDING]
+    sizes = entry["part_sizes"]
+    assert len(sizes) >= 3, sizes
+    data = storage.open(name).read()
+    assert len(data) == entry["bytes"] == sum(sizes)
+
+    for at in (10, sizes[0] + sizes[1] // 2, len(data) - 3):  # in the first, a middle and the last part
+        changed = bytearray(data)
+        changed[at] ^= 0x01
+        storage.client.put_object(Bucket=storage.bucket, Key=storage.key(name), Body=bytes(changed))
+        with pytest.raises(VerifyError, match="does not match its sha256"):
+            verify_set(f"{storage.location}/{result['manifest']}", deep=False)
+    storage.client.put_object(Bucket=storage.bucket, Key=storage.key(name), Body=data)
+    verify_set(f"{storage.location}/{result['manifest']}")
+
+
+def test_a_file_digest_over_parts_is_the_hash_of_the_parts_digests():
+    data = bytes(range(256)) * 40
+    sizes = [4000, 5000, 1240]
+    parts = [data[:4000], data[4000:9000], data[9000:]]
+    expected = parts_hexdigest([hashlib.sha256(p).hexdigest() for p in parts])
+    for step in (1, 7, 4096, len(data)):
+        digest = FileDigest(sizes)
+        for at in range(0, len(data), step):
+            digest.update(data[at : at + step])
+        assert digest.hexdigest() == expected
+    for other in (data + b"x", data[:-1], data[:4000] + data[4001:] + b"x"):
+        digest = FileDigest(sizes)
+        digest.update(other)
+        assert digest.hexdigest() != expected
+    plain = FileDigest()
+    plain.update(data)
+    assert plain.hexdigest() == hashlib.sha256(data).hexdigest()
