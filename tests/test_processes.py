@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -101,6 +102,41 @@ def test_make_demo_runs_the_chain_restores_and_stops_everything(tmp_path):
         if "celery" in " ".join(p.info["cmdline"] or [])
     ]
     assert not celery_processes, celery_processes
+
+
+@pytest.mark.slow
+def test_make_demo_with_s3_storage_keeps_the_set_in_a_bucket_of_its_own_s3_server():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "VECTOR_STORAGE_URL"}
+    demo = subprocess.run(
+        [sys.executable, "-m", "worker.demo"],
+        cwd=ROOT,
+        # 60,000 x 16 is a file of several parts (8 MiB each): a real multipart upload.
+        env={**env, "PYTHONPATH": str(ROOT), "DEMO_STORAGE": "s3", "DEMO_ROWS": "60000", "DEMO_DIM": "16"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    out = demo.stdout
+    endpoint = re.search(r"S3: (http://127\.0\.0\.1:\d+) \(moto's server\), (s3://[^\n]+)\n", out)
+    assert endpoint and endpoint.group(2) == "s3://vector-demo/training_data", out
+    directory = re.search(r"in (s3://vector-demo/training_data/demo_\d{8}_\d{6}/vector_bak)\n", out).group(1)
+    assert "langchain_pg_embedding: 60,000 rows ->" in out
+    assert "✓ truncate performed: langchain_pg_embedding emptied (60,000 rows removed)" in out
+    assert f"python -m worker restore {directory}\n" in out
+    assert "restored in" in out and "counts match the store before the run" in out
+    listed = re.findall(r"\[demo\]   (\S+) \(", out.split(f"are in {directory}:", 1)[1])
+    assert [re.sub(r"\d{8}_\d{6}", "T", name) for name in listed] == [
+        "langchain_pg_collection_T.csv",
+        "langchain_pg_embedding_T.csv",
+        "manifest_T.json",
+        "vector_backup_log.txt",
+    ]
+    assert out.rstrip().endswith("stopped every process the demo started")
+    assert "Traceback" not in demo.stderr
+    assert not any((ROOT / ".demo" / "training_data").iterdir())  # nothing on the local disk
+    with pytest.raises(OSError):  # the S3 server is gone too
+        urllib.request.urlopen(endpoint.group(1), timeout=2)
 
 
 def celery_processes() -> list[list[str]]:
