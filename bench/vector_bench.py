@@ -15,6 +15,9 @@ Every figure is a ratio to `psql \\copy` measured in the same run on the same ta
   `psql \\copy FROM`, both into empty tables with the same indexes;
 - restore into a live store with HNSW and GIN indexes, against both ways by hand, and
   the longest wait of a concurrent search meanwhile (`bench/indexed_restore.py`);
+- S3: the single-stream and binary backups through a worker started with
+  `VECTOR_STORAGE_URL=s3://…` (moto's server, or `BENCH_S3_URL`) against the local
+  directory, and the restore from each (`bench/s3_phase.py`; `--workload s3` alone);
 - memory: peak RSS of one table backup at 10k and at 1M rows;
 - chain overhead: a run on empty tables.
 
@@ -199,14 +202,17 @@ def compressed_backup(url: str, scratch: Path, compression: str) -> dict:
         conn.close()
 
 
-def chain_backup(split_workers: int = 1) -> dict:
+def chain_backup(split_workers: int = 1, storage: str | None = None) -> dict:
     """A backup-only run through the real worker; returns its result dict.
 
-    `split_workers` header tasks share the embedding table (1: a single stream).
+    `split_workers` header tasks share the embedding table (1: a single stream). `storage`
+    (`s3://bucket/prefix`) is where the set goes, else the task root; the client reads it
+    too (it reserves the set's timestamp there), so it must match the worker's.
     """
     from tasks.pipeline import enqueue_vector_management, run_record, run_result
 
     os.environ["VECTOR_SPLIT_WORKERS"] = str(split_workers)
+    set_storage(os.environ, storage)
     run_id = enqueue_vector_management(None, backup=True)["run_id"]
     record = run_record(run_id)
     result = run_result(record).get(timeout=3600)
@@ -224,11 +230,23 @@ def chain_backup(split_workers: int = 1) -> dict:
     return result
 
 
+def set_storage(env, storage: str | None) -> None:
+    """`VECTOR_STORAGE_URL` in `env` set to `storage`, or removed: a local run must not go
+    to a storage URL the caller's environment happens to name."""
+    if storage:
+        env["VECTOR_STORAGE_URL"] = storage
+    else:
+        env.pop("VECTOR_STORAGE_URL", None)
+
+
 def discard_set(result: dict) -> None:
-    directory = Path(result["backup_directory"])
+    """Delete a set's files, in a local directory or an s3:// one."""
+    from common.storage import open_storage
+
+    storage = open_storage(result["backup_directory"])
     names = [t["backup_file"] for t in result["tables_backed_up"].values()] + [result["manifest"]]
     for name in names:
-        (directory / name).unlink(missing_ok=True)
+        storage.delete(name)
 
 
 def restore_database(url: str) -> str:
@@ -271,7 +289,8 @@ def psql_copy_in(dsn: str, schema: dict, csv_file: Path) -> None:
     subprocess.run([pg_bin("psql"), "-X", "-q", "-d", dsn, "-c", command], check=True)
 
 
-def project_restore(dsn: str, directory: Path) -> None:
+def project_restore(dsn: str, directory: Path | str) -> None:
+    """`restore_set` of a manifest: a path, or an s3:// URL."""
     from common.db import DatabaseTarget, connect
     from common.restore import restore_set
 
@@ -495,19 +514,23 @@ def binary_phase(url: str, out: Path, name: str, repeat: int, workers, binary: l
 
 
 class Workers:
-    """One `celery -A worker worker -c 2` at a time, started with the file format asked for."""
+    """One `celery -A worker worker -c 2` at a time, started with the file format and the
+    storage asked for (a worker reads both from its environment, once)."""
 
     def __init__(self, scratch: Path) -> None:
-        self.scratch, self.process, self.format = scratch, None, None
+        self.scratch, self.process, self.format, self.storage = scratch, None, None, None
 
-    def use(self, file_format: str) -> None:
-        if self.format == file_format:
-            return
+    def use(self, file_format: str, storage: str | None = None) -> bool:
+        """Whether a worker was (re)started: its first run pays imports and connections."""
+        if self.process is not None and (self.format, self.storage) == (file_format, storage):
+            return False
         self.stop()
         from worker import app
 
         env = {**os.environ, "PYTHONPATH": str(ROOT), "VECTOR_BACKUP_FORMAT": file_format}
-        with open(self.scratch / f"worker-{file_format}.log", "ab") as log:
+        set_storage(env, storage)
+        log_name = f"worker-{file_format}{'-s3' if storage else ''}.log"
+        with open(self.scratch / log_name, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-q", "-A", "worker", "worker", "-c", "2", "-l", "warning"],
                 cwd=ROOT,
@@ -515,10 +538,11 @@ class Workers:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.format = file_format
+        self.format, self.storage = file_format, storage
         deadline = time.monotonic() + 60
         while not app.control.ping(timeout=1) and time.monotonic() < deadline:
             pass
+        return True
 
     def stop(self) -> None:
         if self.process is not None:
@@ -529,7 +553,12 @@ class Workers:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=[*WORKLOADS, "indexed", "all"], default="all")
+    parser.add_argument(
+        "--workload",
+        choices=[*WORKLOADS, "indexed", "s3", "all"],
+        default="all",
+        help="s3: only the S3 phase, on every workload (or --rows)",
+    )
     parser.add_argument("--rows", type=int, help="a custom workload: rows (with --dim)")
     parser.add_argument("--dim", type=int, default=1536)
     parser.add_argument("--repeat", type=int, default=5)
@@ -540,7 +569,7 @@ def main() -> int:
         if args.rows
         else (
             WORKLOADS
-            if args.workload == "all"
+            if args.workload in ("all", "s3")
             else {k: v for k, v in WORKLOADS.items() if k == args.workload}
         )
     )
@@ -548,7 +577,7 @@ def main() -> int:
     from worker.embedded import start_postgres, start_redis
 
     scratch = Path(tempfile.mkdtemp(prefix="vector-bench-"))
-    servers, workers = [], None
+    servers, workers, endpoint = [], None, None
     try:
         servers.append(start_postgres(scratch / "pg"))
         servers.append(start_redis(scratch / "redis"))
@@ -570,16 +599,34 @@ def main() -> int:
         lines = [
             "# Benchmark results",
             "",
-            f"`make bench` on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, PostgreSQL 16 + pgvector "
-            f"(pgserver), median of {args.repeat} runs. Ratios are to `psql \\copy` in the same run.",
+            (
+                f"`make bench` on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, PostgreSQL 16 + "
+                f"pgvector (pgserver), median of {args.repeat} runs. Ratios are to `psql \\copy` in the "
+                f"same run."
+            )
+            if args.workload != "s3"
+            else (
+                f"`--workload s3` on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores: the S3 phase "
+                f"alone. Ratios are to the local directory in the same run."
+            ),
             "",
         ]
+        if args.workload in ("s3", "all"):
+            from bench.s3_phase import s3_phase, start_endpoint
+
+            endpoint = start_endpoint(scratch)
         for name, (rows, dim) in workloads.items():
-            lines += measure(url, scratch, name, rows, dim, args.repeat, workers)
+            if args.workload != "s3":
+                lines += measure(url, scratch, name, rows, dim, args.repeat, workers)
+            if endpoint is not None:
+                seeded = args.workload != "s3"
+                lines += s3_phase(url, scratch, name, rows, dim, args.repeat, workers, endpoint, seeded)
         if args.workload in ("indexed", "all") and not args.rows:
             from bench.indexed_restore import indexed_phase
 
             lines += indexed_phase(url, min(args.repeat, 3), workers)
+        if args.workload == "s3":
+            return finish(lines, args.out)
         workers.use("csv")
         say("memory and chain overhead")
         small, big = peak_rss(url, 10_000, scratch), peak_rss(url, 1_000_000, scratch)
@@ -597,18 +644,24 @@ def main() -> int:
             f"{'PASS' if overhead < 0.5 else 'FAIL'} |",
             "",
         ]
-        args.out.write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
-        say(f"written to {args.out}")
-        return 0
+        return finish(lines, args.out)
     finally:
         if workers is not None:
             workers.stop()
+        if endpoint is not None:
+            endpoint.stop()
         from worker.celery_app import release_pending_results
 
         release_pending_results()
         for server in reversed(servers):
             server.stop()
+
+
+def finish(lines: list[str], out: Path) -> int:
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    say(f"written to {out}")
+    return 0
 
 
 def say(text: str) -> None:
