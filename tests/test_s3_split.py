@@ -4,17 +4,25 @@ its rows as parts of the table's one multipart upload."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import subprocess
 import sys
+import threading
+import time
+import uuid
 
 import pytest
+import redis
 
 from common.config import load_settings
 from common.digest import FileDigest, parts_hexdigest
 from common.exceptions import VerifyError
 from common.manifest import verify_set
+from common.split import SplitBoard, SplitJob
+from common.storage import open_storage
+from common.table_job import TableJob
 from tasks.vector_backup import build_vector_workflow
 from tests.processes import ROOT, project_env, start_logged
 from tests.test_faults import final_state, send_truncate_run
@@ -23,6 +31,7 @@ from tests.test_worker_killed import stop
 from worker.sample_store import add_bulk_rows, count_rows, row_texts
 
 EMBEDDING = "langchain_pg_embedding"
+TS = "20260101_000000"
 
 
 def host(tmp_path, name: str, broker: str, **extra: str) -> dict:
@@ -151,3 +160,84 @@ def test_a_file_digest_over_parts_is_the_hash_of_the_parts_digests():
     plain = FileDigest()
     plain.update(data)
     assert plain.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_a_holder_whose_own_rows_are_too_few_for_a_first_part_copies_the_table_again_alone(
+    store, services, s3_root, monkeypatch
+):
+    """Part 1 holds the header and must reach 5 MiB when helpers sent parts: a holder held
+    up while a helper claims every other range aborts the upload and starts over alone."""
+    monkeypatch.setenv("VECTOR_S3_PART_SIZE_MB", "5")
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 40_000, dim=64, random_vectors=True)
+    rows = count_rows(store.conn, EMBEDDING)
+    client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
+    vector = dataclasses.replace(load_settings().vector, split_min_mb=0, progress_every=1000)
+    location, run_id = f"{s3_root}/head/vector_bak", uuid.uuid4().hex
+    waited = []
+
+    def hold_on(progress):
+        if not waited:
+            waited.append(True)
+            plan = holder.board.plan()
+            claimed = [holder.board.key(1, "claim", chunk) for chunk in range(1, plan.chunks)]
+            wait_for(lambda: all(client.exists(key) for key in claimed), timeout=60)
+
+    def job(who, on_progress=None):
+        board = SplitBoard(client, run_id, EMBEDDING, who)
+        table = TableJob(EMBEDDING, location, TS, vector, on_progress)
+        return SplitJob(load_settings().database, board, table, inner_helper=False)
+
+    holder = job("task-a", hold_on)
+    results = {}
+    thread = threading.Thread(target=lambda: results.update(holder=holder.run()))
+    thread.start()
+    wait_for(lambda: client.get(holder.board.key("plan")))
+    results["helper"] = job("task-b").run()
+    thread.join(120)
+
+    result = results["holder"]
+    assert result["success"] and not result.get("part"), result
+    assert result["row_count"] == rows and "part_sizes" not in result  # the single stream's file
+    assert results["helper"]["part"] and results["helper"]["row_count"] > rows // 2
+    storage = open_storage(location)
+    data = storage.open(result["backup_file"]).read()
+    assert hashlib.sha256(data).hexdigest() == result["sha256"]
+    assert data.count(b"\n") == rows + 1  # the header line, then one line per row
+    assert storage.pending() == []  # the first attempt's upload was aborted
+    assert storage.names() == [result["backup_file"]]
+
+
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_split_progress_on_s3_counts_each_row_once(store, services, s3_root, monkeypatch):
+    monkeypatch.setenv("VECTOR_S3_PART_SIZE_MB", "5")
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 40_000, dim=64, random_vectors=True)
+    rows = count_rows(store.conn, EMBEDDING)
+    client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
+    vector = dataclasses.replace(load_settings().vector, split_min_mb=0, progress_every=1000)
+    location, run_id = f"{s3_root}/progress/vector_bak", uuid.uuid4().hex
+    last = {}
+
+    def job(who):
+        board = SplitBoard(client, run_id, EMBEDDING, who)
+        table = TableJob(EMBEDDING, location, TS, vector, lambda p: last.__setitem__(who, p["rows"]))
+        return SplitJob(load_settings().database, board, table, inner_helper=False)
+
+    holder, results = job("task-a"), {}
+    thread = threading.Thread(target=lambda: results.update(holder=holder.run()))
+    thread.start()
+    wait_for(lambda: client.get(holder.board.key("plan")))
+    results["helper"] = job("task-b").run()
+    thread.join(120)
+
+    assert results["holder"]["row_count"] == rows and results["holder"]["part_sizes"]
+    assert 0 < results["helper"]["row_count"] < rows
+    assert last["task-a"] + last["task-b"] == rows, last
+    assert last["task-b"] == results["helper"]["row_count"]
+
+
+def wait_for(check, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
