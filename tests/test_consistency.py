@@ -40,7 +40,17 @@ def delete_collection(conn, collection_id: str) -> None:
         cur.execute("DELETE FROM langchain_pg_collection WHERE uuid = %s", (collection_id,))
 
 
-def test_a_collection_created_between_the_table_snapshots_is_brought_in_by_a_retake(store, services, task_id):
+@pytest.fixture(params=["local", "s3"])
+def backups_in(request) -> str:
+    """Where the set goes: the task root, or S3 (`VECTOR_STORAGE_URL`)."""
+    if request.param == "s3":
+        request.getfixturevalue("s3_root")
+    return request.param
+
+
+def test_a_collection_created_between_the_table_snapshots_is_brought_in_by_a_retake(
+    store, services, task_id, backups_in
+):
     settings, request = load_settings(), request_for(task_id)
     add_awkward_rows(store.conn, store.kind, store.collection_id)
     collection = back_up_table(settings, request, COLLECTION)
@@ -54,7 +64,8 @@ def test_a_collection_created_between_the_table_snapshots_is_brought_in_by_a_ret
     assert result["tables_backed_up"][COLLECTION]["retaken"] is True
     assert result["tables_backed_up"][COLLECTION]["row_count"] == 2
     assert "collection_ids" not in json.dumps(result)
-    manifest = verify_set(Path(result["backup_directory"]))
+    assert result["backup_directory"].startswith("s3://") == (backups_in == "s3")
+    manifest = verify_set(result["backup_directory"])
     assert manifest["tables"][COLLECTION]["rows"] == 2
 
 
