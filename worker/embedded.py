@@ -83,25 +83,8 @@ def start_redis(
         stderr=subprocess.STDOUT,
     )
     url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"redis-server did not start; see {data_dir / 'redis.log'}") from None
-            time.sleep(0.05)
-
-    def stop() -> None:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-    return EmbeddedServer(url, stop)
+    ping = redis.Redis.from_url(url).ping
+    return _once_ready(process, url, ping, redis.ConnectionError, data_dir / "redis.log", timeout_s)
 
 
 def start_s3(data_dir: Path, timeout_s: float = 20.0, min_part_bytes: int | None = None) -> EmbeddedServer:
@@ -119,16 +102,28 @@ def start_s3(data_dir: Path, timeout_s: float = 20.0, min_part_bytes: int | None
         env=env,
     )
     url = f"http://127.0.0.1:{port}"
+
+    def ping() -> None:
+        urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=1).close()
+
+    errors = (urllib.error.URLError, ConnectionError, TimeoutError)
+    return _once_ready(process, url, ping, errors, data_dir / "s3.log", timeout_s)
+
+
+def _once_ready(
+    process: subprocess.Popen, url: str, ready: Callable[[], object], errors, log: Path, timeout_s: float
+) -> EmbeddedServer:
+    """The server at `url` once `ready()` stops raising `errors`; killed if it never does."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=1).close()
+            ready()
             break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        except errors:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"moto's S3 server did not start; see {data_dir / 's3.log'}") from None
-            time.sleep(0.1)
+                raise RuntimeError(f"{Path(process.args[0]).name} did not start; see {log}") from None
+            time.sleep(0.05)
 
     def stop() -> None:
         process.terminate()
