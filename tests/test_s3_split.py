@@ -162,45 +162,62 @@ def test_a_file_digest_over_parts_is_the_hash_of_the_parts_digests():
     assert plain.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
+class TwoCopiers:
+    """A holder and a helper of one table's range-split backup into S3, in this process
+    (`on_progress` gets each copier's name and progress)."""
+
+    def __init__(self, services, location: str, on_progress) -> None:
+        self.client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
+        self.location, self.run_id, self.on_progress = location, uuid.uuid4().hex, on_progress
+        self.vector = dataclasses.replace(load_settings().vector, split_min_mb=0, progress_every=1000)
+        self.holder = self.job("task-a")
+
+    def job(self, who: str) -> SplitJob:
+        board = SplitBoard(self.client, self.run_id, EMBEDDING, who)
+        table = TableJob(EMBEDDING, self.location, TS, self.vector, lambda p: self.on_progress(who, p))
+        return SplitJob(load_settings().database, board, table, inner_helper=False)
+
+    def run(self) -> dict:
+        results = {}
+        thread = threading.Thread(target=lambda: results.update(holder=self.holder.run()))
+        thread.start()
+        wait_for(lambda: self.client.get(self.holder.board.key("plan")))
+        results["helper"] = self.job("task-b").run()
+        thread.join(120)
+        return results
+
+
+@pytest.fixture
+def random_rows(store, monkeypatch) -> int:
+    """40,000 rows of random vectors: a CSV of several 5 MiB parts."""
+    monkeypatch.setenv("VECTOR_S3_PART_SIZE_MB", "5")
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 40_000, dim=64, random_vectors=True)
+    return count_rows(store.conn, EMBEDDING)
+
+
 @pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
 def test_a_holder_whose_own_rows_are_too_few_for_a_first_part_copies_the_table_again_alone(
-    store, services, s3_root, monkeypatch
+    random_rows, services, s3_root
 ):
     """Part 1 holds the header and must reach 5 MiB when helpers sent parts: a holder held
     up while a helper claims every other range aborts the upload and starts over alone."""
-    monkeypatch.setenv("VECTOR_S3_PART_SIZE_MB", "5")
-    add_bulk_rows(store.conn, store.kind, store.collection_id, 40_000, dim=64, random_vectors=True)
-    rows = count_rows(store.conn, EMBEDDING)
-    client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
-    vector = dataclasses.replace(load_settings().vector, split_min_mb=0, progress_every=1000)
-    location, run_id = f"{s3_root}/head/vector_bak", uuid.uuid4().hex
-    waited = []
 
-    def hold_on(progress):
-        if not waited:
-            waited.append(True)
-            plan = holder.board.plan()
-            claimed = [holder.board.key(1, "claim", chunk) for chunk in range(1, plan.chunks)]
-            wait_for(lambda: all(client.exists(key) for key in claimed), timeout=60)
+    def hold_on(who, progress):
+        if who == "task-a" and not copiers.held:
+            copiers.held = True
+            board = copiers.holder.board
+            claimed = [board.key(1, "claim", chunk) for chunk in range(1, board.plan().chunks)]
+            wait_for(lambda: all(copiers.client.exists(key) for key in claimed), timeout=60)
 
-    def job(who, on_progress=None):
-        board = SplitBoard(client, run_id, EMBEDDING, who)
-        table = TableJob(EMBEDDING, location, TS, vector, on_progress)
-        return SplitJob(load_settings().database, board, table, inner_helper=False)
+    copiers = TwoCopiers(services, f"{s3_root}/head/vector_bak", hold_on)
+    copiers.held = False
+    results = copiers.run()
 
-    holder = job("task-a", hold_on)
-    results = {}
-    thread = threading.Thread(target=lambda: results.update(holder=holder.run()))
-    thread.start()
-    wait_for(lambda: client.get(holder.board.key("plan")))
-    results["helper"] = job("task-b").run()
-    thread.join(120)
-
-    result = results["holder"]
+    result, rows = results["holder"], random_rows
     assert result["success"] and not result.get("part"), result
     assert result["row_count"] == rows and "part_sizes" not in result  # the single stream's file
     assert results["helper"]["part"] and results["helper"]["row_count"] > rows // 2
-    storage = open_storage(location)
+    storage = open_storage(copiers.location)
     data = storage.open(result["backup_file"]).read()
     assert hashlib.sha256(data).hexdigest() == result["sha256"]
     assert data.count(b"\n") == rows + 1  # the header line, then one line per row
@@ -209,30 +226,16 @@ def test_a_holder_whose_own_rows_are_too_few_for_a_first_part_copies_the_table_a
 
 
 @pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
-def test_split_progress_on_s3_counts_each_row_once(store, services, s3_root, monkeypatch):
-    monkeypatch.setenv("VECTOR_S3_PART_SIZE_MB", "5")
-    add_bulk_rows(store.conn, store.kind, store.collection_id, 40_000, dim=64, random_vectors=True)
-    rows = count_rows(store.conn, EMBEDDING)
-    client = redis.Redis.from_url(services["CELERY_BROKER_URL"])
-    vector = dataclasses.replace(load_settings().vector, split_min_mb=0, progress_every=1000)
-    location, run_id = f"{s3_root}/progress/vector_bak", uuid.uuid4().hex
+def test_split_progress_on_s3_counts_each_row_once(random_rows, services, s3_root):
     last = {}
+    copiers = TwoCopiers(
+        services, f"{s3_root}/progress/vector_bak", lambda who, p: last.update({who: p["rows"]})
+    )
+    results = copiers.run()
 
-    def job(who):
-        board = SplitBoard(client, run_id, EMBEDDING, who)
-        table = TableJob(EMBEDDING, location, TS, vector, lambda p: last.__setitem__(who, p["rows"]))
-        return SplitJob(load_settings().database, board, table, inner_helper=False)
-
-    holder, results = job("task-a"), {}
-    thread = threading.Thread(target=lambda: results.update(holder=holder.run()))
-    thread.start()
-    wait_for(lambda: client.get(holder.board.key("plan")))
-    results["helper"] = job("task-b").run()
-    thread.join(120)
-
-    assert results["holder"]["row_count"] == rows and results["holder"]["part_sizes"]
-    assert 0 < results["helper"]["row_count"] < rows
-    assert last["task-a"] + last["task-b"] == rows, last
+    assert results["holder"]["row_count"] == random_rows and results["holder"]["part_sizes"]
+    assert 0 < results["helper"]["row_count"] < random_rows
+    assert last["task-a"] + last["task-b"] == random_rows, last
     assert last["task-b"] == results["helper"]["row_count"]
 
 
