@@ -338,8 +338,8 @@ class Schedules:
     retention: str = "30 3 * * *"
     keep: int = 7
     max_age_days: float = 0.0
-    # An upload still pending this long after it started belongs to a dead run (an abort
-    # that could not reach the storage): retention aborts it. Longer than any backup.
+    # An upload idle this long (no part sent, a temp file not written) belongs to a dead
+    # run or to an abort that could not reach the storage: retention aborts it.
     pending_upload_max_age_s: float = 86400.0
 
 

@@ -5,7 +5,7 @@ A set is kept when it is among the newest `keep` sets, or younger than `max_age_
 using it, or one of its files is being written. Everything else is removed, manifest
 first, so a set interrupted half-way is never mistaken for a complete one.
 
-Uploads still pending after `pending_upload_max_age_s` (multipart uploads in object
+Uploads idle for more than `pending_upload_max_age_s` (multipart uploads in object
 storage, temp files in a directory) are of runs that died or could not abort them: they
 are aborted first, so they are neither billed forever nor keep their set from expiring.
 """
@@ -100,12 +100,12 @@ def apply_retention(
 
 
 def abort_stale_uploads(storage: Any, max_age_s: float) -> list[str]:
-    """Abort the uploads (remove the temp files) of `storage` started more than
-    `max_age_s` ago; their names, logged."""
+    """Abort the uploads (remove the temp files) of `storage` idle for more than
+    `max_age_s`; their names, logged."""
     aborted = storage.discard_pending("*", older_than_s=max_age_s)
     if aborted:
         log.warning(
-            "retention aborted %d upload(s) pending for more than %g s in %s (%s)",
+            "retention aborted %d upload(s) idle for more than %g s in %s (%s)",
             len(aborted),
             max_age_s,
             storage.location,

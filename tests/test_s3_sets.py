@@ -162,6 +162,21 @@ def test_a_task_exists_when_its_directory_or_its_prefix_does(api, task_id, task_
     assert "task directory not found" in asked[nowhere].get_json()["data"]["response"]
 
 
+def test_a_bucket_that_cannot_be_reached_answers_503_and_names_no_secret(
+    s3_root, task_id, monkeypatch, caplog
+):
+    monkeypatch.setenv("VECTOR_STORAGE_URL", f"s3://vb-missing-{uuid.uuid4().hex[:12]}/training_data")
+    api = create_app().test_client()
+
+    answers = [api.get(SETS), api.post(BACKUP, json={"task_id": task_id, "backup_vector_tables": False})]
+
+    for answer in answers:
+        assert answer.status_code == 503, answer.get_json()
+        assert answer.get_json()["data"]["error_type"] == "SERVICE_UNAVAILABLE"
+        assert FAKE_S3_SECRET not in answer.get_data(as_text=True)
+    assert "the bucket does not exist" in caplog.text and FAKE_S3_SECRET not in caplog.text
+
+
 @pytest.fixture
 def four_sets(store, s3_root):
     """Four verifying sets in `<root>/vector_bak/` on S3, written oldest first; the newest is
@@ -226,7 +241,7 @@ def test_scheduled_retention_aborts_uploads_pending_longer_than_the_max_age(four
     assert four_sets.pending() == [] and pending_keys(four_sets) == []
     assert done["removed"] == [STAMPS[0]]  # its upload was dead: nothing keeps the set now
     assert stamps_left(four_sets) == STAMPS[2:]
-    assert f"retention aborted 2 upload(s) pending for more than 0 s in {four_sets.location}" in caplog.text
+    assert f"retention aborted 2 upload(s) idle for more than 0 s in {four_sets.location}" in caplog.text
 
 
 def test_a_stopped_runs_cleanup_aborts_its_pending_uploads(s3_root, task_id):
