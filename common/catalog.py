@@ -1,4 +1,5 @@
-"""The backup sets under the task root, found by their manifests, and safe paths to their files.
+"""The backup sets under the root of the backups (the task root, or `VECTOR_STORAGE_URL`),
+found by their manifests, and safe ways to their files.
 
 A set is named `<task_id>~<timestamp>`, or `~<timestamp>` for `<root>/vector_bak/`:
 task ids cannot hold `~`, so the name splits back unambiguously, and it is one URL
@@ -12,9 +13,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypedDict
 
 from common.config import Settings, validate_task_id
-from common.exceptions import ConfigurationError, VerifyError
+from common.exceptions import ConfigurationError, StorageError, VerifyError
 from common.manifest import MANIFEST_GLOB, SetRef, load_manifest, manifest_name
-from common.storage import FileInfo
+from common.storage import FileInfo, open_storage
 
 SEPARATOR = "~"
 # A set's timestamp as file names carry it (VECTOR_TIMESTAMP_FORMAT): no path, no dots first.
@@ -38,12 +39,7 @@ def set_name(task_id: str | None, timestamp: str) -> str:
 def list_sets(settings: Settings) -> list[SetSummary]:
     """Every set with a readable manifest, newest first; unreadable manifests are skipped."""
     task_ids: list[str | None] = [None]
-    if settings.task_root.is_dir():
-        task_ids += [
-            task.name
-            for task in sorted(settings.task_root.iterdir())
-            if task.is_dir() and not task.is_symlink() and _is_task_id(task.name)
-        ]
+    task_ids += [name for name in settings.root_storage().directories() if _is_task_id(name)]
     sets = []
     for task_id in task_ids:
         storage = settings.backup_storage(task_id)
@@ -63,11 +59,22 @@ def find_set(settings: Settings, name: str) -> tuple[SetRef, dict[str, Any]]:
     if task_id and not _is_task_id(task_id):
         raise VerifyError(f"no backup set called {name!r}")
     ref = SetRef(settings.backup_storage(task_id or None), manifest_name(timestamp))
-    if task_id and (settings.task_root / task_id).is_symlink():
+    local_root = settings.root_storage().local_root
+    if task_id and local_root is not None and (local_root / task_id).is_symlink():
         raise VerifyError(f"no backup set called {name!r}")  # as list_sets: links are not followed
     if not _plain_file(ref.storage, ref.manifest):
         raise VerifyError(f"no backup set called {name!r}")
     return ref, load_manifest(ref)
+
+
+def task_exists(settings: Settings, task_id: str) -> bool:
+    """Whether the pipeline task is known: `VECTOR_TASK_ROOT/<task_id>` is a directory on
+    this host, or the root storage holds something under `<root>/<task_id>/` (in object
+    storage a prefix exists only while it holds an object, so a task that has a backup)."""
+    validate_task_id(task_id)
+    if (settings.task_root / task_id).is_dir():
+        return True
+    return bool(open_storage(f"{settings.root_location}/{task_id}").present())
 
 
 def open_set_file(settings: Settings, name: str, file_name: str) -> tuple[BinaryIO, FileInfo, str | None]:
@@ -81,6 +88,8 @@ def open_set_file(settings: Settings, name: str, file_name: str) -> tuple[Binary
         raise VerifyError(f"{file_name!r} is not a file of backup set {name!r}")
     try:
         opened = ref.storage.open(file_name)
+    except StorageError:
+        raise  # the storage is unreachable or refused: not a missing file
     except OSError:
         raise VerifyError(
             f"{file_name!r} of backup set {name!r} is missing on disk (or not a plain file)"
@@ -93,6 +102,8 @@ def _plain_file(storage: Any, name: str) -> bool:
     """A regular file, never a link: a link planted in a backup directory is never followed."""
     try:
         return storage.stat(name) is not None
+    except StorageError:
+        raise
     except OSError:
         return False
 

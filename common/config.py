@@ -338,18 +338,27 @@ class Schedules:
     retention: str = "30 3 * * *"
     keep: int = 7
     max_age_days: float = 0.0
+    # An upload idle this long (no part sent, a temp file not written) belongs to a dead
+    # run or to an abort that could not reach the storage: retention aborts it.
+    pending_upload_max_age_s: float = 86400.0
 
 
 def load_schedules(env: Mapping[str, str] | None = None) -> Schedules:
     """`VECTOR_BACKUP_SCHEDULE`, `VECTOR_RETENTION_SCHEDULE`, `VECTOR_RETENTION_KEEP`,
-    `VECTOR_RETENTION_DAYS`."""
+    `VECTOR_RETENTION_DAYS`, `VECTOR_PENDING_UPLOAD_MAX_AGE`."""
     env = os.environ if env is None else env
     schedules = Schedules(
         backup=env.get("VECTOR_BACKUP_SCHEDULE") or Schedules.backup,
         retention=env.get("VECTOR_RETENTION_SCHEDULE") or Schedules.retention,
         keep=int(_number(env, "VECTOR_RETENTION_KEEP", Schedules.keep)),
         max_age_days=float(_number(env, "VECTOR_RETENTION_DAYS", Schedules.max_age_days, float)),
+        pending_upload_max_age_s=float(
+            _number(env, "VECTOR_PENDING_UPLOAD_MAX_AGE", Schedules.pending_upload_max_age_s, float)
+        ),
     )
-    if schedules.keep < 0 or schedules.max_age_days < 0:
-        raise ConfigurationError("VECTOR_RETENTION_KEEP and VECTOR_RETENTION_DAYS must not be negative")
+    if schedules.keep < 0 or schedules.max_age_days < 0 or schedules.pending_upload_max_age_s < 0:
+        raise ConfigurationError(
+            "VECTOR_RETENTION_KEEP, VECTOR_RETENTION_DAYS and VECTOR_PENDING_UPLOAD_MAX_AGE "
+            "must not be negative"
+        )
     return schedules

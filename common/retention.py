@@ -2,8 +2,12 @@
 
 A set is kept when it is among the newest `keep` sets, or younger than `max_age_days`
 (each rule off at 0), or it is the newest set that verifies, or a run may still be
-using it. Everything else is removed, manifest first, so a set interrupted half-way
-is never mistaken for a complete one.
+using it, or one of its files is being written. Everything else is removed, manifest
+first, so a set interrupted half-way is never mistaken for a complete one.
+
+Uploads idle for more than `pending_upload_max_age_s` (multipart uploads in object
+storage, temp files in a directory) are of runs that died or could not abort them: they
+are aborted first, so they are neither billed forever nor keep their set from expiring.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 class RetentionPolicy:
     keep: int = 7
     max_age_days: float = 0.0
+    pending_upload_max_age_s: float | None = None  # None: pending uploads are left alone
 
 
 @dataclass(frozen=True)
@@ -77,9 +82,11 @@ def apply_retention(
     The log goes to the worker's logger, not the set log, whose blocks a run in progress
     may still be finishing."""
     storage = as_storage(directory, temp_suffix)
+    if policy.pending_upload_max_age_s is not None:
+        abort_stale_uploads(storage, policy.pending_upload_max_age_s)
     removed = []
     for old in sets_to_remove(storage, policy, in_use, signing_key=signing_key):
-        if storage.names(f"*_{glob.escape(old.timestamp)}.*{glob.escape(temp_suffix)}"):
+        if storage.pending(f"*_{glob.escape(old.timestamp)}.*"):
             continue  # something is being written for this set right now
         files = _files_of(old.ref)
         storage.delete(old.ref.manifest)
@@ -90,6 +97,21 @@ def apply_retention(
             "retention removed backup set %s from %s (%s)", old.timestamp, storage.location, ", ".join(files)
         )
     return removed
+
+
+def abort_stale_uploads(storage: Any, max_age_s: float) -> list[str]:
+    """Abort the uploads (remove the temp files) of `storage` idle for more than
+    `max_age_s`; their names, logged."""
+    aborted = storage.discard_pending("*", older_than_s=max_age_s)
+    if aborted:
+        log.warning(
+            "retention aborted %d upload(s) idle for more than %g s in %s (%s)",
+            len(aborted),
+            max_age_s,
+            storage.location,
+            ", ".join(aborted),
+        )
+    return aborted
 
 
 def _files_of(ref: SetRef) -> list[str]:

@@ -6,6 +6,7 @@ The Celery tasks call exactly these; so can any other orchestrator or a test.
 from __future__ import annotations
 
 import glob
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from common.db import connect, server_info
 from common.exceptions import (
     BackupFailedError,
     RunFailedError,
+    StorageError,
     TruncateError,
     TruncateRefusedError,
     VectorBackupError,
@@ -30,6 +32,8 @@ from common.split import SplitBoard, SplitJob, merge_parts, remove_parts
 from common.storage import UnsafeFile, plain_name
 from common.table_job import ProgressCallback, TableJob
 from common.truncate import truncate_tables
+
+log = logging.getLogger(__name__)
 
 
 def back_up_table(
@@ -80,6 +84,13 @@ def close_backup_set(
     """
     storage = settings.backup_storage(request["task_id"])
     remove_parts(storage, request["timestamp"], settings.vector.backup_temp_suffix)
+    # Every header task has ended when the chord body runs, so an upload of this set
+    # still pending is one whose abort failed: dead, and billed until aborted.
+    try:
+        storage.discard_pending(f"*_{glob.escape(request['timestamp'])}.*")
+    except StorageError as exc:
+        # An unreachable storage must not hide what happened to the run itself.
+        log.warning("could not abort the pending uploads of set %s: %s", request["timestamp"], exc)
     result = aggregate_backups(request, merge_parts(tables), storage, settings.database.identity)
     try:
         if not result["errors"]:
@@ -235,8 +246,9 @@ def _duration(seconds: float) -> str:
 
 def discard_unfinished_set(settings: Settings, task_id: str | None, timestamp: str) -> list[str]:
     """Remove what a stopped (cancelled or abandoned) run left in its directory: temp and
-    part files always, table files too unless the set has a manifest (a complete,
-    verifiable set is kept). Only names bearing the run's own timestamp; the names removed.
+    part files and pending uploads always, table files too unless the set has a manifest
+    (a complete, verifiable set is kept). Only names bearing the run's own timestamp; the
+    names removed (an aborted upload by the name it would have had).
     """
     storage = settings.backup_storage(task_id)
     stamp = glob.escape(timestamp)
@@ -246,6 +258,9 @@ def discard_unfinished_set(settings: Settings, task_id: str | None, timestamp: s
             doomed.update(storage.names(f"{glob.escape(table)}_{stamp}.*"))
     for name in doomed:
         storage.delete(name)
+    # After the deletes: in a directory the temp files are gone by now, so only uploads
+    # (object storage) or a temp file begun meanwhile are left to name here.
+    doomed.update(storage.discard_pending(f"*_{stamp}.*"))
     return sorted(doomed)
 
 

@@ -139,7 +139,11 @@ def leave_stopped_run(settings: Settings, run: dict[str, Any], state: str | None
     if state not in STOPPED or not run.get("timestamp"):
         return []
     run_id = str(run["run_id"])
-    removed = discard_unfinished_set(settings, run.get("task_id"), str(run["timestamp"]))
+    try:
+        removed = discard_unfinished_set(settings, run.get("task_id"), str(run["timestamp"]))
+    except OSError as exc:  # a StorageError too: the lock below is freed whatever the storage says
+        log.warning("run %s is %s: what it left could not be removed: %s", run_id, state, exc)
+        removed = []
     if removed:
         log.info("run %s is %s: removed %s", run_id, state, ", ".join(removed))
     with contextlib.suppress(redis.RedisError):

@@ -23,7 +23,11 @@ def apply_backup_retention() -> dict:
     client = redis_client(settings.runs.redis_url)
     removed = apply_retention(
         directory,
-        RetentionPolicy(keep=schedules.keep, max_age_days=schedules.max_age_days),
+        RetentionPolicy(
+            keep=schedules.keep,
+            max_age_days=schedules.max_age_days,
+            pending_upload_max_age_s=schedules.pending_upload_max_age_s,
+        ),
         in_use=lambda stamp: bool(client.exists(stamp_key(directory, stamp))),
         temp_suffix=settings.vector.backup_temp_suffix,
         signing_key=settings.signing_key,

@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 import time
+from pathlib import Path
 
 import redis
 from flask import Flask, Response, jsonify, request
@@ -14,6 +15,7 @@ from kombu.exceptions import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from common.config import ApiSettings, Settings
+from common.exceptions import StorageError
 from worker import envelope
 
 BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError, OperationalError)
@@ -55,9 +57,14 @@ def guard_requests(web: Flask, api: ApiSettings, any_host: bool) -> None:
 
 
 def hide_absolute_paths(web: Flask, settings: Settings, api: ApiSettings) -> None:
-    """Without a token anyone local may ask: answers name paths relative to the task root."""
+    """Without a token anyone local may ask: answers name paths relative to the task root
+    (or to `VECTOR_STORAGE_URL` when that is a directory). An `s3://` location is no path
+    on this host: it is shown whole, as verify and restore take it."""
+    roots = [settings.task_root]
+    if "://" not in settings.root_location:
+        roots.append(Path(settings.root_location))
     absolute_roots = sorted(
-        {str(p) for p in (settings.task_root, settings.task_root.resolve()) if p.is_absolute()},
+        {str(p) for root in roots for p in (root, root.resolve()) if p.is_absolute()},
         key=len,
         reverse=True,
     )
@@ -108,6 +115,13 @@ def answer_errors(web: Flask, api: ApiSettings) -> None:
         if isinstance(exc, BROKER_ERRORS):
             return reply(
                 envelope.service_unavailable_response("the broker (Redis) is unreachable; try again")
+            )
+        if isinstance(exc, StorageError):
+            # The message names the location and the reason, never a credential; the
+            # answer names neither, as for a database that cannot be reached.
+            log.warning("%s %s: %s", request.method, request.path[:200], exc)
+            return reply(
+                envelope.service_unavailable_response("the backup storage cannot be reached now; try again")
             )
         log.exception("unexpected error in %s %s", request.method, request.path)
         return reply(envelope.internal_error_response("unexpected server error", "INTERNAL_ERROR"))

@@ -10,6 +10,7 @@ import threading
 from celery.result import AsyncResult
 from flask import Flask, Response, request, url_for
 
+from common.catalog import task_exists
 from common.config import ApiSettings, Settings
 from common.db import DatabaseTarget, connect
 from common.exceptions import ConfigurationError, DatabaseUnavailableError, RunNotCancellable
@@ -70,7 +71,7 @@ class RunRoutes:
             return reply(envelope.bad_request_response(str(exc)))
         except ForbiddenDatabase as exc:
             return reply(envelope.forbidden_response(str(exc)))
-        if params.task_id and not (self.settings.task_root / params.task_id).is_dir():
+        if params.task_id and not task_exists(self.settings, params.task_id):
             return reply(envelope.not_found_response(f"task directory not found: {params.task_id}"))
         if not params.backup:
             return reply(envelope.success_response(run_data(None, None)))

@@ -23,6 +23,7 @@ from common.storage import FileInfo, plain_name
 from common.storage.s3_client import (
     BOTO_ERRORS,
     S3Options,
+    error_code,
     is_conflict,
     is_missing,
     s3_client,
@@ -218,16 +219,36 @@ class S3Prefix:
         return sorted({u["Key"].rsplit("/", 1)[-1] for u in self._pending_uploads(pattern)})
 
     def discard_pending(self, pattern: str = "*", older_than_s: float = 0.0) -> list[str]:
-        """Abort the uploads in progress of names matching `pattern` started more than
-        `older_than_s` ago; the names."""
+        """Abort the uploads in progress of names matching `pattern` idle for more than
+        `older_than_s` (no part sent since, as a temp file's mtime for a directory); the names."""
         now, done = time.time(), set()
         for upload in list(self._pending_uploads(pattern)):
             if now - upload["Initiated"].timestamp() < older_than_s:
                 continue
+            if older_than_s > 0:
+                # A long upload that still sends parts is alive, however long ago it began.
+                last = self._last_active(upload)
+                if last is None or now - last < older_than_s:
+                    continue
             name = upload["Key"].rsplit("/", 1)[-1]
             self.upload(name, upload["UploadId"]).abort()
             done.add(name)
         return sorted(done)
+
+    def _last_active(self, upload: dict[str, Any]) -> float | None:
+        """When the upload last moved: its newest part, else its start (a date moto, for
+        one, makes up); None if it has ended meanwhile."""
+        latest = upload["Initiated"].timestamp()
+        paginator = self.client.get_paginator("list_parts")
+        which = {"Bucket": self.bucket, "Key": upload["Key"], "UploadId": upload["UploadId"]}
+        try:
+            for page in paginator.paginate(**which):
+                latest = max([latest, *(p["LastModified"].timestamp() for p in page.get("Parts", []))])
+        except BOTO_ERRORS as exc:
+            if error_code(exc) == "NoSuchUpload":
+                return None
+            raise storage_error(self.location, "listing an upload's parts", exc) from None
+        return latest
 
     def append_text(self, name: str, text: str) -> None:
         """Append to a text object shared by several writers: read it, write it back only
