@@ -94,6 +94,8 @@ def close_backup_set(
     result = aggregate_backups(request, merge_parts(tables), storage, settings.database.identity)
     try:
         if not result["errors"]:
+            _check_files_are_here(storage, result)
+        if not result["errors"]:
             _make_consistent(settings, storage, result, lock)
         for info in result["tables_backed_up"].values():
             info.pop("collection_ids", None)  # checked; too long to carry in every result
@@ -107,6 +109,25 @@ def close_backup_set(
         if lock is not None and (result["errors"] or not request["truncate_requested"]):
             lock.release()
     return result
+
+
+def _check_files_are_here(storage: Any, result: VectorRunResult) -> None:
+    """Each table's file must be in the storage this process writes the manifest to:
+    workers on hosts that share no backup directory write their tables to their own
+    disks, which makes no set, however well each table went."""
+    for table, info in result["tables_backed_up"].items():
+        name = str(info.get("backup_file", ""))
+        try:
+            found = storage.stat(plain_name(name))
+        except UnsafeFile:
+            found = None
+        if found is None or found.size != info.get("file_size_bytes"):
+            _fail(
+                result,
+                f"{table}: {name} is not in {storage.location} as the worker closing the set sees it "
+                "(written on another host?): workers on several hosts must share the backup "
+                "directory, or store sets in object storage (VECTOR_STORAGE_URL=s3://bucket/prefix)",
+            )
 
 
 def _make_consistent(settings: Settings, storage: Any, result: VectorRunResult, lock: RunLock | None) -> None:

@@ -105,6 +105,38 @@ def test_two_hosts_without_a_shared_directory_make_one_range_split_set_in_s3(
     assert row_texts(store.conn, EMBEDDING) == before
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_two_hosts_without_a_shared_directory_or_object_storage_fail_clearly(
+    store, services, task_id, tmp_path, monkeypatch
+):
+    """The issue's first run: each host its own task root and no VECTOR_STORAGE_URL, so the
+    tables' files land on different disks. The set is not called performed, nothing is
+    truncated, and the error says what to do."""
+    monkeypatch.delenv("VECTOR_STORAGE_URL", raising=False)
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 20_000, dim=16)
+    broker = isolated(services["CELERY_BROKER_URL"], 14)
+    hosts = {name: host(tmp_path, name, broker) for name in ("host_a", "host_b", "host_c")}
+    # One copier per table, each held up long enough that the other host takes the other table.
+    for env in hosts.values():
+        env.update(VECTOR_SPLIT_WORKERS="1", VECTOR_PROGRESS_EVERY="1")
+    workers = [start_host_worker(hosts[name], tmp_path / f"{name}.log") for name in ("host_a", "host_b")]
+    try:
+        final = final_state(send_truncate_run(hosts["host_c"], task_id, 150), log=tmp_path / "host_a.log")
+    finally:
+        for worker in workers:
+            stop(worker)
+
+    assert final["state"] == "FAILURE", final
+    assert "VECTOR_STORAGE_URL" in str(final["outcome"]), final
+    assert count_rows(store.conn, EMBEDDING) == 20_000
+    wrote = [name for name in ("host_a", "host_b") if any((tmp_path / name).rglob(f"{EMBEDDING}_*"))]
+    assert len(wrote) == 1  # the embedding file is on one host's disk only
+    assert not list((tmp_path / "host_a").rglob("manifest_*")) + list(
+        (tmp_path / "host_b").rglob("manifest_*")
+    )
+
+
 def worker_cli_in(env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "worker", *args],
