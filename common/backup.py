@@ -175,9 +175,9 @@ def _result(job: TableJob, copied: _Copied, started: float) -> TableBackup:
     )
     part_sizes = getattr(copied.file_sha256, "part_sizes", None)
     if part_sizes is not None:
-        # Uploaded in parts by several copiers: nobody saw the rows whole to hash them.
-        result["part_sizes"] = part_sizes
-    elif compressed:
+        result["part_sizes"] = part_sizes  # uploaded in parts by several copiers (common.digest)
+    # Rows other copiers compressed and uploaded themselves were never hashed here.
+    if compressed and not getattr(copied.file_sha256, "joined", False):
         result.update(csv_sha256=writer.sha256.hexdigest(), csv_bytes=writer.bytes)
     if copied.fingerprint:
         result["fingerprint"] = copied.fingerprint

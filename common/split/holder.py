@@ -164,6 +164,7 @@ class Holder:
         self._publish(plan.uploading(uploading.upload_id))
         rows = self._join_direct(plan, copy, writer.out.flush, writer.count_shared)
         parts, tails = self._streams()
+        uploading.digest.joined = bool(parts or tails)
         for tail in tails:
             uploading.add_tail(tail)
         uploading.finish(writer, parts, self.fmt.trailer)

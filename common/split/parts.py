@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -99,6 +100,7 @@ class PartSink:
         self._target = part_size(first_part, first or 1)
         self._sent: list[Future] = []
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="s3-part")
+        self.whole = hashlib.sha256()  # of the parts in the order sent: their numbers' order
 
     def write(self, data: bytes) -> int:
         self._frame.write(data)
@@ -126,6 +128,7 @@ class PartSink:
         self._first = None
         self._target = part_size(self.first_part, number + 1)
         self._failed()
+        self.whole.update(data)
         self._sent.append(self._pool.submit(self.upload.send, number, data))
 
     def _failed(self) -> None:
@@ -160,13 +163,19 @@ def big_enough(data: bytes) -> bool:
 
 
 class PartsDigest:
-    """The checksum of a file completed from `parts` (`common.digest`), as `backup_table`
-    takes a file's: `hexdigest()`, and the sizes the manifest records."""
+    """The checksum of a file completed from `parts`, as `backup_table` takes a file's:
+    `hexdigest()`, and the sizes the manifest records. A file whose parts all came from
+    the holder (its rows, and any helper's leftovers it added) was hashed whole as it was
+    sent (`whole`); one with helpers' parts gets the hash list (`common.digest`)."""
 
     def __init__(self) -> None:
         self.parts: list[SentPart] = []
+        self.whole: Any = None
+        self.joined = False  # other copiers' rows are in the file (no CSV checksum here)
 
     def hexdigest(self) -> str:
+        if self.whole is not None:
+            return self.whole.hexdigest()
         return parts_hexdigest([p.sha256 for p in self.ordered])
 
     @property
@@ -174,8 +183,8 @@ class PartsDigest:
         return sorted(self.parts, key=lambda p: p.number)
 
     @property
-    def part_sizes(self) -> list[int]:
-        return [p.size for p in self.ordered]
+    def part_sizes(self) -> list[int] | None:
+        return None if self.whole is not None else [p.size for p in self.ordered]
 
 
 class Uploading:
@@ -229,3 +238,5 @@ class Uploading:
         if rest or not sink.first_sent:
             sink.send(rest)
         self.digest.parts = [*sink.sent(), *helper_parts]
+        if not helper_parts:
+            self.digest.whole = sink.whole
