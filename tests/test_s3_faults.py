@@ -4,16 +4,20 @@ test needs it; nothing of S3 is mocked."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 
+from common.exceptions import StorageError
 from common.storage.s3 import S3Prefix
 from common.storage.s3_client import MIB, S3Options, s3_client
 from common.storage.s3_upload import MAX_PART_BYTES, MAX_PARTS, part_size
+from tests.tcp_proxy import TcpProxy
 from worker.embedded import start_s3
 
 TIB = 1 << 40
@@ -76,3 +80,48 @@ def test_a_file_larger_than_10_000_first_parts_is_written_whole(small_parts_s3):
     with storage.open("embedding.csv") as stored:
         assert hashlib.sha256(stored.read()).hexdigest() == hashlib.sha256(data).hexdigest()
     assert storage.stat("embedding.csv").size == size
+
+
+@pytest.fixture
+def proxy(s3_endpoint):
+    """A TCP proxy in front of the session's S3 endpoint (plain HTTP only: a TLS
+    endpoint's certificate does not name the proxy)."""
+    parts = urlsplit(s3_endpoint)
+    if parts.scheme != "http":
+        pytest.skip("the proxy relays plain HTTP endpoints only")
+    running = TcpProxy((parts.hostname, parts.port or 80)).start()
+    yield running
+    running.stop()
+
+
+def through(proxy: TcpProxy, **options) -> S3Options:
+    """The environment's S3 options, with the proxy as the endpoint."""
+    return dataclasses.replace(S3Options.from_env(), endpoint=proxy.url, **options)
+
+
+def test_a_read_that_loses_its_connection_resumes_from_the_byte_it_reached(proxy):
+    direct = S3Options.from_env()
+    storage = S3Prefix(new_bucket(direct), "vector_bak", options=through(proxy, timeout_s=5))
+    data = random.Random(5).randbytes(8 * MIB)
+    s3_client(direct).put_object(Bucket=storage.bucket, Key=storage.key("embedding.csv"), Body=data)
+    proxy.cut_after = 3 * MIB  # every connection dies after 3 MiB of an answer
+
+    with storage.open("embedding.csv") as stored:
+        read = stored.read()
+
+    assert hashlib.sha256(read).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert proxy.connections >= 3  # the first GET and at least two resumed ones
+
+
+def test_a_read_does_not_resume_into_an_object_replaced_meanwhile(proxy):
+    direct = S3Options.from_env()
+    storage = S3Prefix(new_bucket(direct), "vector_bak", options=through(proxy, timeout_s=5))
+    key = storage.key("embedding.csv")
+    s3_client(direct).put_object(Bucket=storage.bucket, Key=key, Body=b"a" * (8 * MIB))
+    proxy.cut_after = 3 * MIB
+
+    with storage.open("embedding.csv") as stored:
+        assert stored.read(MIB) == b"a" * MIB
+        s3_client(direct).put_object(Bucket=storage.bucket, Key=key, Body=b"b" * (8 * MIB))
+        with pytest.raises(StorageError, match=r"reading embedding\.csv failed: the object changed"):
+            stored.read()

@@ -121,6 +121,10 @@ def error_code(exc: BaseException) -> str:
     return ""
 
 
+# A connection dropped while an answer's body streamed in.
+LOST_MID_ANSWER = (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError)
+
+
 def storage_error(location: str, doing: str, exc: BaseException) -> StorageError:
     """`exc` (a botocore error) as a `StorageError` naming the location and the step. Only
     the error code or the exception's class is kept: a message from a server or a
@@ -136,6 +140,8 @@ def storage_error(location: str, doing: str, exc: BaseException) -> StorageError
         reason = "the storage endpoint cannot be reached"
     elif isinstance(exc, (botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectTimeoutError)):
         reason = "the storage endpoint timed out"
+    elif isinstance(exc, LOST_MID_ANSWER):
+        reason = "the connection to the storage was lost mid-answer"
     else:
         reason = f"{type(exc).__name__}"
     return StorageError(f"{location}: {doing} failed: {reason}")
