@@ -1,7 +1,9 @@
 """A TCP proxy between a client and a server, for tests that cut the network: `stop()`
 closes the listener and every live connection (the endpoint is down), `start()` listens
-again on the same port, and `cut_after` drops each connection once it has carried that
-many bytes back to the client (a connection lost mid-response)."""
+again on the same port, `cut_after` drops each connection once it has carried that
+many bytes back to the client (a connection lost mid-answer), and `hold_after` stalls
+everything sent to the server once that many bytes have gone (a link that hangs, until
+`stop`)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ class TcpProxy:
         self.port = 0
         self.cut_after: int | None = None  # bytes back to the client before a connection is dropped
         self.connections = 0  # accepted so far
+        self.hold_after: int | None = None  # bytes to the server before the link stalls
         self.bytes_up = 0  # client → server, so far
+        self._stopped = threading.Event()
         self._live: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -35,6 +39,7 @@ class TcpProxy:
         listener.listen(64)
         self.port = listener.getsockname()[1]
         self._listener = listener
+        self._stopped = threading.Event()
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
         return self
 
@@ -44,6 +49,7 @@ class TcpProxy:
             self._listener.close()
             self._listener = None
         self.drop_connections()
+        self._stopped.set()  # after the drop: a held connection must not forward a byte more
 
     def drop_connections(self) -> None:
         with self._lock:
@@ -73,6 +79,9 @@ class TcpProxy:
         carried = 0
         try:
             while data := source.recv(CHUNK):
+                if up and self.hold_after is not None and self.bytes_up >= self.hold_after:
+                    self._stopped.wait()
+                    break
                 limit = None if up else self.cut_after
                 if limit is not None and carried + len(data) > limit:
                     sink.sendall(data[: max(0, limit - carried)])

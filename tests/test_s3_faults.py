@@ -8,17 +8,26 @@ import dataclasses
 import hashlib
 import os
 import random
+import re
+import threading
+import time
 import uuid
+from fnmatch import fnmatch
 from urllib.parse import urlsplit
 
 import pytest
+from celery.result import AsyncResult
 
+from common.config import load_settings
 from common.exceptions import StorageError
 from common.storage.s3 import S3Prefix
 from common.storage.s3_client import MIB, S3Options, s3_client
-from common.storage.s3_upload import MAX_PART_BYTES, MAX_PARTS, part_size
+from common.storage.s3_upload import MAX_PART_BYTES, MAX_PARTS, MultipartWriter, Upload, part_size
+from tasks.pipeline import enqueue_vector_management, run_record, run_result
+from tests.conftest import FAKE_S3_SECRET
 from tests.tcp_proxy import TcpProxy
 from worker.embedded import start_s3
+from worker.sample_store import add_bulk_rows, count_rows
 
 TIB = 1 << 40
 MAX_OBJECT_BYTES = 5 * TIB  # S3's largest object
@@ -125,3 +134,112 @@ def test_a_read_does_not_resume_into_an_object_replaced_meanwhile(proxy):
         s3_client(direct).put_object(Bucket=storage.bucket, Key=key, Body=b"b" * (8 * MIB))
         with pytest.raises(StorageError, match=r"reading embedding\.csv failed: the object changed"):
             stored.read()
+
+
+class StuckFirstPart(Upload):
+    """A real upload whose first part is stuck on a slow link until `release` is set."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.release, self.sent = threading.Event(), []
+        threading.Timer(15, self.release.set).start()  # a writer that waits fails the test, not hangs it
+
+    def send(self, number: int, data: bytes):
+        self.sent.append(number)
+        if number == 1:
+            self.release.wait()
+        return super().send(number, data)
+
+
+def test_a_failed_part_fails_the_next_write_and_finish_without_waiting_for_slower_parts(s3_endpoint):
+    options = S3Options.from_env()
+    storage = S3Prefix(new_bucket(options), "vector_bak", options=options)
+    upload = StuckFirstPart(storage.client, storage.bucket, storage.key("embedding.csv"), storage.location)
+    writer = MultipartWriter(upload, first_part=64 * 1024, uploads=2, replace=False)
+    try:
+        writer.write(b"x" * 64 * 1024)  # part 1 starts the upload, and sticks
+        # A cleanup aborts the upload meanwhile: every later part fails at once.
+        storage.client.abort_multipart_upload(
+            Bucket=storage.bucket, Key=upload.key, UploadId=upload.upload_id
+        )
+        writer.write(b"y" * 64 * 1024)  # part 2
+        deadline = time.monotonic() + 10
+        # (S3 answers NoSuchUpload; moto a 500 after botocore's retries.)
+        with pytest.raises(StorageError, match="uploading part 2 failed: the"):
+            while time.monotonic() < deadline:
+                writer.write(b"z" * 1000)  # short of a part: only a failure already known can raise
+                time.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(StorageError, match="uploading part 2 failed"):
+            writer.finish()
+        assert time.monotonic() - started < 2, "finish waited for the stuck part"
+        assert upload.sent == [1, 2]  # nothing was sent after the failure
+    finally:
+        upload.release.set()
+        writer.abort()
+    assert storage.pending() == [] and storage.names() == []
+
+
+def uploaded_parts(client, bucket: str, pattern: str) -> int:
+    """Parts stored so far of the uploads in progress whose names match `pattern`."""
+    found = 0
+    for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        if fnmatch(upload["Key"].rsplit("/", 1)[-1], pattern):
+            parts = client.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            found += len(parts.get("Parts", []))
+    return found
+
+
+@pytest.mark.usefixtures("celery_worker_session")
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_an_endpoint_lost_mid_upload_fails_the_run_clearly_and_truncates_nothing(
+    store, task_id, s3_root, proxy, monkeypatch
+):
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 20_000, dim=128)
+    direct = s3_client(S3Options.from_env())
+    bucket = s3_root.split("/")[2]
+    for name, value in {
+        "AWS_ENDPOINT_URL": proxy.url,
+        "VECTOR_S3_TIMEOUT": "3",
+        "VECTOR_S3_PART_SIZE_MB": "5",
+        "VECTOR_S3_UPLOADS": "1",  # parts one after the other: the first is whole before the stall
+        "VECTOR_SPLIT_WORKERS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    proxy.hold_after = 6 * MIB  # past the first 5 MiB part: the link hangs in the second
+
+    answer = enqueue_vector_management(task_id, truncate=True)
+    deadline = time.monotonic() + 60
+    while uploaded_parts(direct, bucket, "langchain_pg_embedding_*") < 1:
+        assert time.monotonic() < deadline, "the first part never arrived"
+        time.sleep(0.05)
+    proxy.stop()  # the endpoint goes away with a part stored and the next one in flight
+    stopped = time.monotonic()
+    with pytest.raises(StorageError) as failure:
+        run_result(run_record(answer["run_id"])).get(timeout=90)
+
+    error = str(failure.value)
+    assert time.monotonic() - stopped < 30, "the failure must surface within a few timeouts"
+    assert error.startswith(f"{s3_root}/{task_id}/vector_bak: ")
+    assert "failed: the storage endpoint cannot be reached" in error
+    assert "Traceback" not in error and FAKE_S3_SECRET not in repr(failure.value.args)
+    assert count_rows(store.conn, "langchain_pg_embedding") == 20_000  # nothing truncated
+    # The set's close met the endpoint down first; the table's own result says what broke.
+    tables = {table: AsyncResult(tid).result for tid, table in run_record(answer["run_id"])["tables"].items()}
+    copied = tables["langchain_pg_embedding"]
+    assert not copied["success"] and FAKE_S3_SECRET not in copied["error"]
+    assert re.fullmatch(
+        rf"langchain_pg_embedding: storage error while copying: {re.escape(s3_root)}/\w+/vector_bak: "
+        r"uploading part 2 failed: the storage endpoint cannot be reached",
+        copied["error"],
+    ), copied["error"]
+
+    proxy.hold_after = None
+    proxy.start()  # the endpoint is back
+    storage = load_settings().backup_storage(task_id)
+    assert storage.names("langchain_pg_embedding_*") == [] and storage.names("manifest_*") == []
+    # The writer's abort could not reach the endpoint either: the upload stays pending
+    # (invisible, billed) until a cleanup aborts it, as retention does.
+    assert [n.startswith("langchain_pg_embedding_") for n in storage.pending()] == [True]
+    storage.discard_pending("*")
+    assert storage.pending() == [] and direct.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

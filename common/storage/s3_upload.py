@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.exceptions import StorageError
-from common.storage.s3_client import BOTO_ERRORS, storage_error
+from common.storage.s3_client import BOTO_ERRORS, error_code, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ class Upload:
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
         except BOTO_ERRORS as exc:
+            if error_code(exc) == "NoSuchUpload":
+                return  # aborted already (a cleanup came first)
             log.warning(
                 "%s; the pending upload is aborted by the next cleanup",
                 storage_error(self.location, "aborting an upload", exc),
