@@ -6,26 +6,35 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import random
 import re
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
 from fnmatch import fnmatch
 from urllib.parse import urlsplit
 
+import boto3
 import pytest
+import redis
 from celery.result import AsyncResult
 
 from common.config import load_settings
-from common.exceptions import StorageError
+from common.exceptions import ConfigurationError, StorageError
 from common.storage.s3 import S3Prefix
 from common.storage.s3_client import MIB, S3Options, s3_client
 from common.storage.s3_upload import MAX_PART_BYTES, MAX_PARTS, MultipartWriter, Upload, part_size
 from tasks.pipeline import enqueue_vector_management, run_record, run_result
 from tests.conftest import FAKE_S3_SECRET
+from tests.processes import ROOT, project_env, worker_cli
 from tests.tcp_proxy import TcpProxy
+from tests.test_processes import isolated
+from tests.test_worker_killed import start_worker, stop
 from worker.embedded import start_s3
 from worker.sample_store import add_bulk_rows, count_rows
 
@@ -243,3 +252,150 @@ def test_an_endpoint_lost_mid_upload_fails_the_run_clearly_and_truncates_nothing
     assert [n.startswith("langchain_pg_embedding_") for n in storage.pending()] == [True]
     storage.discard_pending("*")
     assert storage.pending() == [] and direct.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+WRONG_SECRET = "wrong-s3-secret-must-not-leak-5e1d"
+
+
+@dataclasses.dataclass
+class SignedS3:
+    url: str
+    bucket: str
+    key_id: str
+    secret: str
+
+
+@pytest.fixture
+def s3_checking_signatures(tmp_path, s3_endpoint):
+    """An S3 endpoint that checks signatures, with a bucket and a key that may use it.
+
+    moto accepts any credentials unless its IAM authentication is on (after
+    `INITIAL_NO_AUTH_ACTION_COUNT` requests, or once its reset-auth API sets that count):
+    a user, its access key and an s3:* policy are made first, then requests are checked.
+    """
+    if os.environ.get("TEST_S3_URL"):  # a real store checks signatures: use the environment's key
+        bucket = new_bucket(S3Options.from_env())
+        yield SignedS3(
+            s3_endpoint, bucket, os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+        )
+        return
+    server = start_s3(tmp_path / "s3_signed")
+    try:
+        admin = {"endpoint_url": server.url, "region_name": "us-east-1"}
+        admin.update(aws_access_key_id="AKIAMOTOSETUP", aws_secret_access_key="moto-setup")
+        iam = boto3.client("iam", **admin)
+        iam.create_user(UserName="vector-backup")
+        key = iam.create_access_key(UserName="vector-backup")["AccessKey"]
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName="vector-backup", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        bucket = "vb-" + uuid.uuid4().hex[:16]
+        boto3.client("s3", **admin).create_bucket(Bucket=bucket)
+        reset = urllib.request.Request(
+            f"{server.url}/moto-api/reset-auth", data=b"0", headers={"Content-Type": "text/plain"}
+        )
+        urllib.request.urlopen(reset, timeout=5).close()  # from now on every request is checked
+        yield SignedS3(server.url, bucket, key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        server.stop()
+
+
+def everything_in(broker: redis.Redis) -> bytes:
+    """Every value the Redis database holds, whatever its type."""
+    found = []
+    for key in broker.scan_iter():
+        kind = broker.type(key)
+        if kind == b"string":
+            found.append(broker.get(key))
+        elif kind == b"list":
+            found += broker.lrange(key, 0, -1)
+        elif kind == b"hash":
+            found += [k + b"=" + v for k, v in broker.hgetall(key).items()]
+        elif kind == b"set":
+            found += list(broker.smembers(key))
+        elif kind == b"zset":
+            found += broker.zrange(key, 0, -1)
+        found.append(key)
+    return b"\n".join(found)
+
+
+def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """`python -m worker ARGS` in `env`, its output captured as text."""
+    command = [sys.executable, "-m", "worker", *args]
+    return subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_a_wrong_secret_fails_the_run_saying_so_and_the_secret_is_nowhere(
+    store, services, task_id, tmp_path, s3_checking_signatures
+):
+    """Workers whose secret is wrong (a rotated key, say) fail the run; a client with it
+    is refused before sending one; verify says so too. Neither secret is written anywhere."""
+    signed = s3_checking_signatures
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 500)
+    url = isolated(services["CELERY_BROKER_URL"], 13)
+    broker = redis.Redis.from_url(url)
+    broker.flushdb()
+    good = project_env(
+        CELERY_BROKER_URL=url,
+        CELERY_RESULT_BACKEND=url,
+        AWS_ENDPOINT_URL=signed.url,
+        AWS_ACCESS_KEY_ID=signed.key_id,
+        AWS_SECRET_ACCESS_KEY=signed.secret,
+        VECTOR_STORAGE_URL=f"s3://{signed.bucket}/training_data",
+        VECTOR_SPLIT_WORKERS="1",
+    )
+    wrong = {**good, "AWS_SECRET_ACCESS_KEY": WRONG_SECRET}
+    log = tmp_path / "worker.log"
+    worker = start_worker(wrong, log)
+    try:
+        ran = cli(good, "run", "--task-id", task_id, "--truncate-vector-tables", "--json")
+    finally:
+        stop(worker)
+    refused = cli(wrong, "run", "--task-id", task_id + "_again", "--truncate-vector-tables")
+    directory = f"s3://{signed.bucket}/training_data/{task_id}/vector_bak"
+    verified = cli(wrong, "verify", directory)
+
+    cause = "the secret key does not match the access key (check AWS_SECRET_ACCESS_KEY)"
+    assert ran.returncode == 1 and cause in json.loads(ran.stdout.splitlines()[-1])["error"], ran.stdout
+    assert refused.returncode != 0 and cause in refused.stdout + refused.stderr  # nothing sent
+    assert verified.returncode == 1 and f"✗ {directory}: listing failed: {cause}" in verified.stdout
+    worker_log = log.read_text()
+    assert cause in worker_log
+    written = {
+        "run": ran.stdout + ran.stderr,
+        "refused run": refused.stdout + refused.stderr,
+        "verify": verified.stdout + verified.stderr,
+        "worker log": worker_log,
+        "redis (task meta, run records, events)": everything_in(broker).decode("utf-8", "replace"),
+    }
+    for n, secret in enumerate((signed.secret, WRONG_SECRET, FAKE_S3_SECRET)):
+        assert [where for where, text in written.items() if secret in text] == [], f"secret {n} leaked"
+    # Nothing was written with the wrong secret: no table file, manifest, set log or upload.
+    owner = boto3.client(
+        "s3",
+        endpoint_url=signed.url,
+        region_name=os.environ.get("AWS_REGION", "us-east-1"),
+        aws_access_key_id=signed.key_id,
+        aws_secret_access_key=signed.secret,
+    )
+    assert owner.list_objects_v2(Bucket=signed.bucket).get("Contents", []) == []
+    assert owner.list_multipart_uploads(Bucket=signed.bucket).get("Uploads", []) == []
+
+
+def test_an_endpoint_url_carrying_credentials_is_refused_without_echoing_them(s3_root, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://AKIAINURL:secret-in-url-5a7c@127.0.0.1:9")
+
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings()
+    verified = worker_cli("verify", f"{s3_root}/t_nothing/vector_bak")
+
+    assert "must not carry credentials" in str(refused.value)
+    assert verified.returncode == 1 and "must not carry credentials" in verified.stdout
+    for text in (str(refused.value), verified.stdout, verified.stderr):
+        assert "secret-in-url" not in text and "AKIAINURL" not in text

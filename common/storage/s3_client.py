@@ -45,10 +45,10 @@ class S3Options:
             parts = urlsplit(endpoint)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ConfigurationError("AWS_ENDPOINT_URL must be an http:// or https:// URL")
-            if parts.username or parts.password:
-                # Never echo it: a credential inside the URL would be printed with it.
+            if parts.username or parts.password or parts.query or parts.fragment:
+                # Never echo it: a credential or token inside the URL would be printed with it.
                 raise ConfigurationError(
-                    "AWS_ENDPOINT_URL must not carry credentials; "
+                    "AWS_ENDPOINT_URL must not carry credentials or a query; "
                     "use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                 )
         addressing = env.get("VECTOR_S3_ADDRESSING_STYLE") or ("path" if endpoint else "auto")
@@ -112,6 +112,8 @@ _REASONS = {
     "EntityTooSmall": "a part was smaller than the storage's minimum part size",
     "NoSuchUpload": "the multipart upload no longer exists (aborted meanwhile)",
     "PreconditionFailed": "the object changed or appeared meanwhile",
+    # A HEAD's answer has no body: only its status.
+    "403": "forbidden (wrong credentials, or they lack a permission on this bucket or prefix)",
 }
 
 
