@@ -24,11 +24,16 @@ import pytest
 import redis
 from celery.result import AsyncResult
 
-from common.config import load_settings
+from common.backup import backup_table
+from common.config import VectorTableManagement, load_settings
 from common.exceptions import ConfigurationError, StorageError
+from common.export import export_csv
+from common.manifest import verify_set
+from common.restore import restore_set
 from common.storage.s3 import S3Prefix
 from common.storage.s3_client import MIB, S3Options, s3_client
 from common.storage.s3_upload import MAX_PART_BYTES, MAX_PARTS, MultipartWriter, Upload, part_size
+from common.table_job import TableJob
 from tasks.pipeline import enqueue_vector_management, run_record, run_result
 from tests.conftest import FAKE_S3_SECRET
 from tests.processes import ROOT, project_env, worker_cli
@@ -36,7 +41,7 @@ from tests.tcp_proxy import TcpProxy
 from tests.test_processes import isolated
 from tests.test_worker_killed import start_worker, stop
 from worker.embedded import start_s3
-from worker.sample_store import add_bulk_rows, count_rows
+from worker.sample_store import add_awkward_rows, add_bulk_rows, count_rows, row_texts
 
 TIB = 1 << 40
 MAX_OBJECT_BYTES = 5 * TIB  # S3's largest object
@@ -399,3 +404,71 @@ def test_an_endpoint_url_carrying_credentials_is_refused_without_echoing_them(s3
     assert verified.returncode == 1 and "must not carry credentials" in verified.stdout
     for text in (str(refused.value), verified.stdout, verified.stderr):
         assert "secret-in-url" not in text and "AKIAINURL" not in text
+
+
+TABLES = ("langchain_pg_collection", "langchain_pg_embedding")
+
+
+def random_documents(conn, chars: int) -> None:
+    """Documents of random hex, which zstd only halves: a few thousand rows pass 5 MiB."""
+    with conn.cursor() as cur:  # `|| id` makes PostgreSQL draw each row's text anew
+        cur.execute(
+            "UPDATE langchain_pg_embedding SET document = "
+            "array_to_string(ARRAY(SELECT md5(random()::text || id) FROM generate_series(1, %s)), '')",
+            (chars // 32,),
+        )
+
+
+@pytest.mark.usefixtures("celery_worker_session")
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+@pytest.mark.parametrize(
+    ("file_format", "compression", "rows", "suffix"),
+    [
+        ("csv", "zstd", 1_000, ".csv.zst"),
+        ("csv", "gzip", 1_000, ".csv.gz"),
+        ("binary", "zstd", 3_500, ".pgcopy.zst"),  # compressed, yet more than one 5 MiB part
+    ],
+)
+def test_compressed_and_binary_sets_on_s3_verify_and_restore_the_same_rows(
+    store, task_id, s3_root, tmp_path, monkeypatch, file_format, compression, rows, suffix
+):
+    add_awkward_rows(store.conn, store.kind, store.collection_id)
+    add_bulk_rows(store.conn, store.kind, store.collection_id, rows, dim=16, random_vectors=True)
+    if file_format == "binary":
+        random_documents(store.conn, 3_200)
+    before = {t: row_texts(store.conn, t) for t in TABLES}
+    # The same rows as a local CSV backup, for a binary set's export to equal byte for byte.
+    csv_job = TableJob("", tmp_path / "csv", "0", VectorTableManagement())
+    as_csv = {t: backup_table(store.conn, dataclasses.replace(csv_job, table=t)) for t in TABLES}
+    for name, value in {
+        "VECTOR_BACKUP_FORMAT": file_format,
+        "VECTOR_BACKUP_COMPRESSION": compression,
+        "VECTOR_SPLIT_WORKERS": "1",
+        "VECTOR_S3_PART_SIZE_MB": "5",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    answer = enqueue_vector_management(task_id, truncate=True)
+    result = run_result(run_record(answer["run_id"])).get(timeout=90)
+
+    assert result["truncate_performed"] and count_rows(store.conn, "langchain_pg_embedding") == 0
+    directory = result["backup_directory"]
+    assert directory == f"{s3_root}/{task_id}/vector_bak"
+    embedding = result["tables_backed_up"]["langchain_pg_embedding"]
+    assert embedding["backup_file"].endswith(suffix) and embedding["row_count"] == rows + 10
+    manifest = verify_set(directory, deep=True)
+    assert {e["format"] for e in manifest["tables"].values()} == {file_format}
+    storage = load_settings().backup_storage(task_id)
+    head = storage.client.head_object(Bucket=storage.bucket, Key=storage.key(embedding["backup_file"]))
+    if file_format == "binary":
+        assert head["ContentLength"] > 5 * MIB and int(head["ETag"].strip('"').rsplit("-", 1)[1]) >= 2
+        exported = export_csv(directory, tmp_path / "exported")
+        for table, _, _ in exported:
+            name = f"{table}_{result['timestamp']}.csv"
+            assert (tmp_path / "exported" / name).read_bytes() == (
+                tmp_path / "csv" / as_csv[table]["backup_file"]
+            ).read_bytes()
+
+    restore_set(store.conn, directory)
+
+    assert {t: row_texts(store.conn, t) for t in TABLES} == before
