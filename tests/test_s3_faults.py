@@ -181,7 +181,7 @@ def test_a_failed_part_fails_the_next_write_and_finish_without_waiting_for_slowe
         # (S3 answers NoSuchUpload; moto a 500 after botocore's retries.)
         with pytest.raises(StorageError, match="uploading part 2 failed: the"):
             while time.monotonic() < deadline:
-                writer.write(b"z" * 1000)  # short of a part: only a failure already known can raise
+                writer.write(b"z" * 1000)  # a part cut here waits for a slot, and is never sent
                 time.sleep(0.01)
         started = time.monotonic()
         with pytest.raises(StorageError, match="uploading part 2 failed"):
