@@ -114,13 +114,13 @@ def backup_table(conn: Connection, job: TableJob, copier: Copier | None = None) 
         )
     try:
         copied = _copy_in_snapshot(conn, job, copier or StreamCopier(), tracker)
-    except VectorBackupError:
-        end_transaction_quietly(conn)
-        raise
-    except (psycopg2.Error, OSError) as exc:
+    except (psycopg2.Error, OSError) as exc:  # a StorageError too: named with the table and step
         end_transaction_quietly(conn)
         lost = not is_alive(conn)
         raise table_error(job.table, tracker.progress["step"], exc, connection_lost=lost) from exc
+    except VectorBackupError:
+        end_transaction_quietly(conn)
+        raise
     return _result(job, copied, started)
 
 

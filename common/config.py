@@ -282,10 +282,11 @@ def _storage_url(env: Mapping[str, str]) -> str | None:
     if url is not None and "://" in url:
         if not url.startswith("s3://"):
             raise ConfigurationError("VECTOR_STORAGE_URL must be a directory or an s3://bucket/prefix URL")
-        from common.storage.s3 import split_url  # boto3 is imported only where S3 is used
+        from common.storage.s3 import S3Options, split_url  # boto3 is imported only where S3 is used
 
         bucket, prefix = split_url(url)
         url = f"s3://{bucket}/{prefix}".rstrip("/")
+        S3Options.from_env(env)  # a wrong endpoint or part size is refused with the other settings
     return url
 
 

@@ -17,6 +17,7 @@ from common.exceptions import (
     ConfigurationError,
     DatabaseUnavailableError,
     PermissionDeniedError,
+    StorageError,
     TableNotFoundError,
 )
 
@@ -138,6 +139,8 @@ def table_error(table: str, step: str, exc: Exception, connection_lost: bool = F
     if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
         return PermissionDeniedError(f"{table}: permission denied while {step}: {reason}")
     # A local file error is the cause even when it leaves the COPY stream unusable.
+    if isinstance(exc, StorageError):  # its message names the location, the call and the reason
+        return BackupError(f"{table}: storage error while {step}: {reason}")
     if isinstance(exc, OSError):
         return BackupError(f"{table}: file error while {step}: {reason}")
     # A backend killed mid-COPY may surface as a bare DatabaseError from libpq.

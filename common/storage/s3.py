@@ -124,7 +124,21 @@ class S3Prefix:
     def prepare(self) -> None:
         """Nothing to create; the bucket is checked, so a wrong name or credential fails
         before a table is read."""
-        self._call("opening the bucket", "head_bucket")
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except BOTO_ERRORS as exc:
+            raise self._head_error("opening the bucket", exc) from None
+
+    def _head_error(self, doing: str, exc: Exception) -> StorageError:
+        """A HEAD's error has no body, so a bare 403 cannot say why: ask once more with a
+        request whose answer names the cause (a wrong secret, an unknown key, a denial)."""
+        if error_code(exc) in ("400", "403"):
+            try:
+                self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/", MaxKeys=1)
+            except BOTO_ERRORS as named:
+                if error_code(named) not in ("", "400", "403"):
+                    exc = named
+        return storage_error(self.location, doing, exc)
 
     def upload(self, name: str, upload_id: str | None = None) -> Upload:
         return Upload(self.client, self.bucket, self.key(name), self.location, upload_id)
@@ -158,7 +172,7 @@ class S3Prefix:
         except BOTO_ERRORS as exc:
             if is_missing(exc):
                 return None
-            raise storage_error(self.location, f"looking up {name}", exc) from None
+            raise self._head_error(f"looking up {name}", exc) from None
         return FileInfo(answer["ContentLength"], answer["LastModified"].timestamp())
 
     def opened_info(self, opened: S3Reader) -> FileInfo:

@@ -45,10 +45,10 @@ class S3Options:
             parts = urlsplit(endpoint)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ConfigurationError("AWS_ENDPOINT_URL must be an http:// or https:// URL")
-            if parts.username or parts.password:
-                # Never echo it: a credential inside the URL would be printed with it.
+            if parts.username or parts.password or parts.query or parts.fragment:
+                # Never echo it: a credential or token inside the URL would be printed with it.
                 raise ConfigurationError(
-                    "AWS_ENDPOINT_URL must not carry credentials; "
+                    "AWS_ENDPOINT_URL must not carry credentials or a query; "
                     "use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                 )
         addressing = env.get("VECTOR_S3_ADDRESSING_STYLE") or ("path" if endpoint else "auto")
@@ -112,6 +112,8 @@ _REASONS = {
     "EntityTooSmall": "a part was smaller than the storage's minimum part size",
     "NoSuchUpload": "the multipart upload no longer exists (aborted meanwhile)",
     "PreconditionFailed": "the object changed or appeared meanwhile",
+    # A HEAD's answer has no body: only its status.
+    "403": "forbidden (wrong credentials, or they lack a permission on this bucket or prefix)",
 }
 
 
@@ -119,6 +121,10 @@ def error_code(exc: BaseException) -> str:
     if isinstance(exc, botocore.exceptions.ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))
     return ""
+
+
+# A connection dropped while an answer's body streamed in.
+LOST_MID_ANSWER = (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError)
 
 
 def storage_error(location: str, doing: str, exc: BaseException) -> StorageError:
@@ -136,6 +142,8 @@ def storage_error(location: str, doing: str, exc: BaseException) -> StorageError
         reason = "the storage endpoint cannot be reached"
     elif isinstance(exc, (botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectTimeoutError)):
         reason = "the storage endpoint timed out"
+    elif isinstance(exc, LOST_MID_ANSWER):
+        reason = "the connection to the storage was lost mid-answer"
     else:
         reason = f"{type(exc).__name__}"
     return StorageError(f"{location}: {doing} failed: {reason}")

@@ -4,9 +4,11 @@ S3 allows 10,000 parts per object, each at least 5 MiB but the last. A writer th
 keeps one part size caps the object at 10,000 times that size (8 MiB parts break near 80
 GB, a known failure of other tools), and a compressed stream's size is not known in
 advance. So part sizes grow: the first 1,000 parts have the configured size, each
-following thousand twice the size of the one before (8 MiB first parts reach 8 TiB,
-past S3's 5 TiB object limit), never past 5 GiB; memory stays at a few parts.
-Parts go out on `uploads` threads while the next one fills.
+following thousand twice the size of the one before, and the last thousand S3's largest
+(5 GiB), so even 5 MiB first parts pass S3's 5 TiB object limit; memory stays at a few
+parts. Parts are cut at exactly their size, whatever the writes, and go out on `uploads`
+threads while the next one fills; the first part that fails stops the upload: nothing
+more is sent, and the next write (or `finish`) raises its error.
 
 The upload is completed only when the writer finishes without an error, and aborted on
 any failure, so no partial object is ever visible. An abort that cannot reach the
@@ -20,12 +22,12 @@ import hashlib
 import io
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
 from common.exceptions import StorageError
-from common.storage.s3_client import BOTO_ERRORS, storage_error
+from common.storage.s3_client import BOTO_ERRORS, error_code, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ MAX_PART_BYTES = 5 << 30
 
 def part_size(first: int, number: int) -> int:
     """The size part `number` (from 1) is cut at."""
+    if number > MAX_PARTS - GROW_EVERY:
+        # Doubling alone leaves 5 MiB first parts at 4.9 TiB, short of S3's 5 TiB.
+        return MAX_PART_BYTES
     return min(first << ((number - 1) // GROW_EVERY), MAX_PART_BYTES)
 
 
@@ -100,6 +105,8 @@ class Upload:
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
         except BOTO_ERRORS as exc:
+            if error_code(exc) == "NoSuchUpload":
+                return  # aborted already (a cleanup came first)
             log.warning(
                 "%s; the pending upload is aborted by the next cleanup",
                 storage_error(self.location, "aborting an upload", exc),
@@ -119,6 +126,7 @@ class MultipartWriter(io.RawIOBase):
         self._buffer = bytearray()
         self._next = 1
         self._sent: list[Future] = []
+        self._failure: BaseException | None = None  # the first part that failed
         self._slots = threading.Semaphore(uploads)
         self._pool = ThreadPoolExecutor(uploads, thread_name_prefix="s3-upload")
         self.size = 0
@@ -130,36 +138,53 @@ class MultipartWriter(io.RawIOBase):
         self._raise_failed()
         self._buffer += data
         self.size += len(data)
-        if len(self._buffer) >= part_size(self.first_part, self._next):
-            self._cut()
+        while len(self._buffer) >= (size := part_size(self.first_part, self._next)):
+            self._cut(size)
         return len(data)
 
-    def _cut(self) -> None:
+    def _cut(self, size: int) -> None:
         if self.upload.upload_id is None:
             self.upload.start()
-        data, self._buffer = bytes(self._buffer), bytearray()
-        number, self._next = self._next, self._next + 1
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        # At most `uploads` parts in flight: the writer waits here for a free slot.
         self._slots.acquire()
+        if self._failure is not None:
+            self._slots.release()
+            self._raise_failed()
+        number, self._next = self._next, self._next + 1
         future = self._pool.submit(self.upload.send, number, data)
-        future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(self._part_done)
         self._sent.append(future)
 
+    def _part_done(self, future: Future) -> None:
+        if not future.cancelled() and future.exception() is not None and self._failure is None:
+            self._failure = future.exception()
+        self._slots.release()
+
     def _raise_failed(self) -> None:
-        for future in self._sent:
-            if future.done() and future.exception() is not None:
-                raise future.exception()
+        if self._failure is not None:
+            raise self._failure
+
+    def _first_failure(self) -> BaseException | None:
+        # `wait` can return before a failed part's callback has recorded its error.
+        failed = (f.exception() for f in self._sent if f.done() and not f.cancelled() and f.exception())
+        return self._failure or next(failed, None)
 
     def finish(self) -> None:
-        try:
-            if self.upload.upload_id is None:
-                self._put_whole()
-                return
-            if self._buffer:
-                self._cut()
-            parts = [future.result() for future in self._sent]
-            self.upload.complete(parts, self.replace)
-        finally:
-            self._pool.shutdown(wait=True)
+        if self.upload.upload_id is None:
+            self._pool.shutdown()
+            self._put_whole()
+            return
+        if self._buffer:
+            self._cut(len(self._buffer))
+        # Returns at the first failure: parts still in flight are the abort's to wait for.
+        wait(self._sent, return_when=FIRST_EXCEPTION)
+        failure = self._first_failure()
+        if failure is not None:
+            raise failure
+        self._pool.shutdown()
+        self.upload.complete([future.result() for future in self._sent], self.replace)
 
     def _put_whole(self) -> None:
         up = self.upload
@@ -172,5 +197,7 @@ class MultipartWriter(io.RawIOBase):
     def abort(self) -> None:
         for future in self._sent:
             future.cancel()
+        # A part still being sent could land after an abort and be kept (S3 says so):
+        # it ends first (each attempt is bounded by VECTOR_S3_TIMEOUT).
         self._pool.shutdown(wait=True)
         self.upload.abort()
