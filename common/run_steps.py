@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from common.backup import TableBackup, backup_table, run_table_backup
+from common.backup import TableBackup, backup_table, failed_backup, run_table_backup
 from common.backup_log import append_backup_block, append_truncate_block
 from common.config import Settings
 from common.consistency import COLLECTION_TABLE, missing_collections
@@ -61,6 +61,10 @@ def back_up_table(
     # written by an earlier attempt of this very task: one killed after its rename but
     # before its ack, and redelivered. Until the set has a manifest, that file is only a
     # leftover and the new attempt replaces it; a complete set is never overwritten.
+    try:
+        complete = storage.exists(manifest_name(request["timestamp"]))
+    except StorageError as exc:  # the table's failure, as any other: the set fails clearly
+        return failed_backup(table, f"{table}: {exc}", time.time())
     job = TableJob(
         table,
         storage,
@@ -68,7 +72,7 @@ def back_up_table(
         settings.vector,
         on_progress=report,
         fingerprint=request["truncate_requested"] and table in settings.vector.truncate_tables,
-        replace=not storage.exists(manifest_name(request["timestamp"])),
+        replace=not complete,
     )
     if board is not None:
         return SplitJob(settings.database, board, job).run()
@@ -83,14 +87,14 @@ def close_backup_set(
     The run lock is released here unless a truncate follows that still needs it.
     """
     storage = settings.backup_storage(request["task_id"])
-    remove_parts(storage, request["timestamp"], settings.vector.backup_temp_suffix)
     # Every header task has ended when the chord body runs, so an upload of this set
     # still pending is one whose abort failed: dead, and billed until aborted.
     try:
+        remove_parts(storage, request["timestamp"], settings.vector.backup_temp_suffix)
         storage.discard_pending(f"*_{glob.escape(request['timestamp'])}.*")
     except StorageError as exc:
         # An unreachable storage must not hide what happened to the run itself.
-        log.warning("could not abort the pending uploads of set %s: %s", request["timestamp"], exc)
+        log.warning("could not clear the leftovers of set %s: %s", request["timestamp"], exc)
     result = aggregate_backups(request, merge_parts(tables), storage, settings.database.identity)
     try:
         if not result["errors"]:
@@ -102,13 +106,23 @@ def close_backup_set(
         if not result["errors"]:
             server = server_info(settings.database)
             result["manifest"] = write_manifest(storage, result, server, settings.signing_key)
-        append_backup_block(storage, result)
+        _append_log(storage, result)
         if result["errors"]:
             raise BackupFailedError("backup failed: " + "; ".join(result["errors"]), result)
     finally:
         if lock is not None and (result["errors"] or not request["truncate_requested"]):
             lock.release()
     return result
+
+
+def _append_log(storage: Any, result: VectorRunResult) -> None:
+    """The set log's block; a failed set whose storage is down still reports its own errors."""
+    try:
+        append_backup_block(storage, result)
+    except StorageError as exc:
+        if not result["errors"]:
+            raise
+        _fail(result, f"the set log could not be written: {exc}")
 
 
 def _check_files_are_here(storage: Any, result: VectorRunResult) -> None:

@@ -26,7 +26,7 @@ from celery.result import AsyncResult
 
 from common.backup import backup_table
 from common.config import VectorTableManagement, load_settings
-from common.exceptions import ConfigurationError, StorageError
+from common.exceptions import BackupFailedError, ConfigurationError, StorageError
 from common.export import export_csv
 from common.manifest import verify_set
 from common.restore import restore_set
@@ -229,16 +229,19 @@ def test_an_endpoint_lost_mid_upload_fails_the_run_clearly_and_truncates_nothing
         time.sleep(0.05)
     proxy.stop()  # the endpoint goes away with a part stored and the next one in flight
     stopped = time.monotonic()
-    with pytest.raises(StorageError) as failure:
+    with pytest.raises(BackupFailedError) as failure:
         run_result(run_record(answer["run_id"])).get(timeout=90)
 
     error = str(failure.value)
     assert time.monotonic() - stopped < 30, "the failure must surface within a few timeouts"
-    assert error.startswith(f"{s3_root}/{task_id}/vector_bak: ")
-    assert "failed: the storage endpoint cannot be reached" in error
+    # The run's error is the table's own, then that the set log could not be written either.
+    assert error.startswith(
+        f"backup failed: langchain_pg_embedding: storage error while copying: {s3_root}/{task_id}"
+        "/vector_bak: uploading part 2 failed: the storage endpoint cannot be reached"
+    ), error
+    assert "the set log could not be written" in error
     assert "Traceback" not in error and FAKE_S3_SECRET not in repr(failure.value.args)
     assert count_rows(store.conn, "langchain_pg_embedding") == 20_000  # nothing truncated
-    # The set's close met the endpoint down first; the table's own result says what broke.
     tables = {table: AsyncResult(tid).result for tid, table in run_record(answer["run_id"])["tables"].items()}
     copied = tables["langchain_pg_embedding"]
     assert not copied["success"] and FAKE_S3_SECRET not in copied["error"]
@@ -367,8 +370,9 @@ def test_a_wrong_secret_fails_the_run_saying_so_and_the_secret_is_nowhere(
     verified = cli(wrong, "verify", directory)
 
     cause = "the secret key does not match the access key (check AWS_SECRET_ACCESS_KEY)"
-    assert ran.returncode == 1 and cause in json.loads(ran.stdout.splitlines()[-1])["error"], ran.stdout
-    assert refused.returncode != 0 and cause in refused.stdout + refused.stderr  # nothing sent
+    run_error = json.loads(ran.stdout.splitlines()[-1])["error"]
+    assert ran.returncode == 1 and cause in run_error and "ChordError" not in run_error, ran.stdout
+    assert refused.returncode == 1 and cause in refused.stdout + refused.stderr  # nothing sent
     assert verified.returncode == 1 and f"✗ {directory}: listing failed: {cause}" in verified.stdout
     worker_log = log.read_text()
     assert cause in worker_log

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from common import output
-from common.exceptions import VectorBackupError
+from common.exceptions import StorageError, VectorBackupError
 from worker.follow import console, follow_run, report
 
 # Options shared by `run` and `follow`.
@@ -78,6 +78,9 @@ def run(
             db_connection=db_connection,
             force=force,
         )
+    except StorageError as exc:  # not a usage error: the storage is down or refuses
+        click.echo(f"✗ {exc}", err=True)
+        sys.exit(1)
     except VectorBackupError as exc:
         raise click.UsageError(str(exc)) from None
     if answer["run_id"] is None:
