@@ -7,6 +7,7 @@ puts them in its events and errors, so each reads the same everywhere.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -157,13 +158,13 @@ def _backup_lines(stats: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def verified_lines(manifest: Mapping[str, Any], manifest_path: str) -> list[str]:
+def verified_lines(manifest: Mapping[str, Any], manifest_path: str | os.PathLike) -> list[str]:
     """A line per table of a set that verified, then the manifest's."""
     lines = [
         f"✓ {table}: {entry['rows']:,} rows, {format_size(entry['bytes'])}, sha256 ok -> {entry['file']}"
         for table, entry in manifest["tables"].items()
     ]
-    return [*lines, f"✓ {manifest_path.rsplit('/', 1)[-1]} verifies"]
+    return [*lines, f"✓ {os.fspath(manifest_path).rsplit('/', 1)[-1]} verifies"]
 
 
 def restored_lines(done: Mapping[str, Any], target: DatabaseTarget, mode: str) -> list[str]:

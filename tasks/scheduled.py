@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from common.config import load_schedules, load_settings
+from common.config import TASK_ID_PATTERN, load_schedules, load_settings
 from common.redis_conn import redis_client
-from common.retention import RetentionPolicy, apply_retention
+from common.retention import RetentionPolicy, abort_stale_uploads, apply_retention
 from tasks import names
 from tasks.app import app
 from tasks.client.enqueue import EnqueueResult, enqueue_vector_management, stamp_key
@@ -32,4 +32,17 @@ def apply_backup_retention() -> dict:
         temp_suffix=settings.vector.backup_temp_suffix,
         signing_key=settings.signing_key,
     )
-    return {"directory": directory, "removed": removed}
+    aborted = _abort_stale_uploads_of_tasks(settings, schedules.pending_upload_max_age_s)
+    return {"directory": directory, "removed": removed, "aborted_uploads": aborted}
+
+
+def _abort_stale_uploads_of_tasks(settings, max_age_s: float | None) -> int:
+    """Dead uploads in every task's backup directory: a run whose storage was down when
+    it failed could abort none of its own, and retention keeps only `<root>/vector_bak/`."""
+    if max_age_s is None:
+        return 0
+    aborted = 0
+    for task_id in settings.root_storage().directories():
+        if TASK_ID_PATTERN.fullmatch(task_id) and len(task_id) <= 128:
+            aborted += len(abort_stale_uploads(settings.backup_storage(task_id), max_age_s))
+    return aborted

@@ -35,6 +35,7 @@ from common.storage.s3_client import MIB, S3Options, s3_client
 from common.storage.s3_upload import MAX_PART_BYTES, MAX_PARTS, MultipartWriter, Upload, part_size
 from common.table_job import TableJob
 from tasks.pipeline import enqueue_vector_management, run_record, run_result
+from tasks.scheduled import apply_backup_retention
 from tests.conftest import FAKE_S3_SECRET
 from tests.processes import ROOT, project_env, worker_cli
 from tests.tcp_proxy import TcpProxy
@@ -255,10 +256,11 @@ def test_an_endpoint_lost_mid_upload_fails_the_run_clearly_and_truncates_nothing
     proxy.start()  # the endpoint is back
     storage = load_settings().backup_storage(task_id)
     assert storage.names("langchain_pg_embedding_*") == [] and storage.names("manifest_*") == []
-    # The writer's abort could not reach the endpoint either: the upload stays pending
-    # (invisible, billed) until a cleanup aborts it, as retention does.
+    # The writer's abort and the set's close could not reach the endpoint either: the upload
+    # stays pending (invisible, billed) until retention finds it idle past its age.
     assert [n.startswith("langchain_pg_embedding_") for n in storage.pending()] == [True]
-    storage.discard_pending("*")
+    monkeypatch.setenv("VECTOR_PENDING_UPLOAD_MAX_AGE", "0")
+    assert apply_backup_retention()["aborted_uploads"] == 1
     assert storage.pending() == [] and direct.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 

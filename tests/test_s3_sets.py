@@ -288,7 +288,7 @@ def test_closing_a_set_aborts_its_own_dead_uploads_and_survives_a_storage_that_r
     again = RunRequest(**{**request, "run_id": uuid.uuid4().hex, "timestamp": other})
     tables = [back_up_table(settings, again, t) for t in settings.vector.supported_tables]
     assert close_backup_set(settings, again, tables)["errors"] == []
-    assert f"could not abort the pending uploads of set {other}" in caplog.text
+    assert f"could not clear the leftovers of set {other}" in caplog.text
 
 
 def test_runs_appending_to_one_s3_log_at_once_lose_no_block(s3_root, task_id):
