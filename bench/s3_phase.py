@@ -7,8 +7,8 @@ names (with the AWS credentials and region of the environment); either way a new
 is made for the run. A worker reads its storage once, when it starts, so local and S3
 runs cannot be interleaved per repetition as the other phases are without restarting a
 worker each time: they run in adjacent blocks with the same worker settings (`-c 2`,
-one stream: an S3 set is never range-split, whose copiers share one local file), in
-an order that restarts the worker three times per workload. Restores run in the bench
+one stream: moto, on the same 2 cores, bounds a range-split run, which the tests show
+across hosts), in an order that restarts the worker three times per workload. Restores run in the bench
 process, so they are interleaved.
 
 `python -m bench.vector_bench --workload s3` runs this phase alone.
@@ -203,7 +203,8 @@ def backup_lines(runs: dict, endpoint: Endpoint, rows: int, size: int, repeat: i
         "",
         f"S3-compatible object storage (`VECTOR_STORAGE_URL=s3://…`, a worker started with it) on "
         f"{where}. Each S3 method against the local directory with the same worker settings "
-        f"(`-c 2`, one stream: an S3 set is never range-split) and format, in adjacent blocks of "
+        f"(`-c 2`, one stream; range-split on S3 is shown by the tests, as moto on these 2 cores "
+        f"is what bounds it here) and format, in adjacent blocks of "
         f"{repeat} runs (a worker reads its storage once, at start). The worker streams the "
         f"COPY into parts of {options.part_size / MIB:g} MiB sent on {options.uploads} threads "
         f"beside it (`VECTOR_S3_PART_SIZE_MB`, `VECTOR_S3_UPLOADS`); MB/s are of the CSV, as in "

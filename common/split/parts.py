@@ -129,7 +129,7 @@ class PartSink:
         self._target = part_size(self.first_part, number + 1)
         self._failed()
         self.whole.update(data)
-        self._sent.append(self._pool.submit(self.upload.send, number, data))
+        self._sent.append(self._pool.submit(self.upload.send, number, data, True))
 
     def _failed(self) -> None:
         for future in self._sent:

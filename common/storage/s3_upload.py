@@ -73,7 +73,8 @@ class Upload:
         self.upload_id = answer["UploadId"]
         return self.upload_id
 
-    def send(self, number: int, data: bytes) -> SentPart:
+    def send(self, number: int, data: bytes, hashed: bool = False) -> SentPart:
+        """Upload part `number`; with `hashed`, its sha256 too (parts that others join)."""
         if not 1 <= number <= MAX_PARTS:
             raise StorageError(f"{self.location}: more than {MAX_PARTS} parts")
         try:
@@ -82,7 +83,8 @@ class Upload:
             )
         except BOTO_ERRORS as exc:
             raise storage_error(self.location, f"uploading part {number}", exc) from None
-        return SentPart(number, answer["ETag"], len(data), hashlib.sha256(data).hexdigest())
+        digest = hashlib.sha256(data).hexdigest() if hashed else ""
+        return SentPart(number, answer["ETag"], len(data), digest)
 
     def complete(self, parts: list[SentPart], replace: bool) -> None:
         ordered = sorted(parts, key=lambda p: p.number)
