@@ -23,7 +23,7 @@ from common.compression import decompressing, of_file
 from common.config import FILE_FORMATS
 from common.consistency import COLLECTION_TABLE, link_column, missing_collections
 from common.digest import FileDigest, valid_part_sizes
-from common.exceptions import VerifyError
+from common.exceptions import StorageError, VerifyError
 from common.formats import DEFAULT as DEFAULT_FORMAT
 from common.formats import file_format
 from common.run_result import VectorRunResult
@@ -182,6 +182,8 @@ def load_manifest(where: SetRef | Path | str) -> dict[str, Any]:
         if len(text) > MAX_MANIFEST_BYTES:
             raise VerifyError(f"{name}: a manifest larger than {MAX_MANIFEST_BYTES >> 20} MiB is refused")
         manifest = json.loads(text.decode("utf-8"))
+    except StorageError:
+        raise  # the storage is down or refuses: nothing is known about the set
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, JSON, huge numbers
         raise VerifyError(f"{name}: unreadable manifest: {type(exc).__name__}") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") not in READABLE_VERSIONS:
@@ -258,6 +260,8 @@ def _check_file(
         info = storage.stat(plain_name(name))
     except UnsafeFile as exc:
         return [str(exc) if "/" not in name else f"file {name!r} is missing"], None
+    except StorageError:
+        raise
     except OSError as exc:
         return [f"{name} cannot be read: {type(exc).__name__}"], None
     if info is None:
@@ -280,6 +284,8 @@ def _check_file(
             if not problems and not deep:
                 return _header_problems(fmt, rows, described, name), None
             scan = fmt.scan(rows, described, columns.index(link) if link else None)
+    except StorageError:
+        raise
     except (*fmt.errors, OSError, EOFError, zstandard.ZstdError) as exc:
         return [*problems, f"{name} is not valid {fmt.description}: {exc}"], None
     if scan.header is not None and scan.header != columns:
@@ -292,6 +298,8 @@ def _check_file(
 def _header_problems(fmt: Any, rows: BinaryIO, columns: list[list[str]], name: str) -> list[str]:
     try:
         same = fmt.header_matches(rows, columns)
+    except StorageError:
+        raise
     except (*fmt.errors, OSError, EOFError, zstandard.ZstdError):
         same = False
     return [] if same else [f"{name} header does not match the manifest's columns"]

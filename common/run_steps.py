@@ -26,11 +26,13 @@ from common.exceptions import (
     VerifyError,
 )
 from common.manifest import SetRef, manifest_name, verify_set, write_manifest
+from common.redis_conn import redis_client
 from common.run_lock import RunLock
 from common.run_result import RunRequest, VectorRunResult, aggregate_backups, verified_row_counts
 from common.split import SplitBoard, SplitJob, merge_parts, remove_parts
+from common.split.parts import abort_again
 from common.storage import UnsafeFile, plain_name
-from common.table_job import ProgressCallback, TableJob
+from common.table_job import ProgressCallback, TableJob, backup_file_name
 from common.truncate import truncate_tables
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ def close_backup_set(
     try:
         remove_parts(storage, request["timestamp"], settings.vector.backup_temp_suffix)
         storage.discard_pending(f"*_{glob.escape(request['timestamp'])}.*")
+        _abort_split_uploads(settings, request, storage)
     except StorageError as exc:
         # An unreachable storage must not hide what happened to the run itself.
         log.warning("could not clear the leftovers of set %s: %s", request["timestamp"], exc)
@@ -113,6 +116,17 @@ def close_backup_set(
         if lock is not None and (result["errors"] or not request["truncate_requested"]):
             lock.release()
     return result
+
+
+def _abort_split_uploads(settings: Settings, request: RunRequest, storage: Any) -> None:
+    if not hasattr(storage, "upload"):
+        return
+    client = redis_client(settings.runs.redis_url)
+    for table in settings.vector.split_tables:
+        board = SplitBoard(client, request["run_id"], table, "close")
+        vector = settings.vector
+        name = backup_file_name(table, request["timestamp"], vector.compression, vector.file_format)
+        abort_again(board, storage, name)
 
 
 def _append_log(storage: Any, result: VectorRunResult) -> None:

@@ -22,7 +22,7 @@ def inside_task_root(settings: Settings, path: str) -> Path | str:
     if "://" in root_location:
         url = path if "://" in path else f"{root_location}/{path.lstrip('/')}"
         if not url.startswith(root_location + "/") or "/../" in f"{url}/" or "/./" in f"{url}/":
-            raise ConfigurationError(f"{path} is outside {root_location}")
+            raise ConfigurationError(f"the set's location is outside {root_location}")
         return url
     root = Path(root_location).resolve()
     resolved = (root / path).resolve()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from common.config import TASK_ID_PATTERN, load_schedules, load_settings
+from common.exceptions import VectorBackupError
 from common.redis_conn import redis_client
 from common.retention import RetentionPolicy, abort_stale_uploads, apply_retention
 from tasks import names
 from tasks.app import app
 from tasks.client.enqueue import EnqueueResult, enqueue_vector_management, stamp_key
+
+log = logging.getLogger(__name__)
 
 
 @app.task(name=names.NIGHTLY_BACKUP)
@@ -43,6 +48,10 @@ def _abort_stale_uploads_of_tasks(settings, max_age_s: float | None) -> int:
         return 0
     aborted = 0
     for task_id in settings.root_storage().directories():
-        if TASK_ID_PATTERN.fullmatch(task_id) and len(task_id) <= 128:
+        if not (TASK_ID_PATTERN.fullmatch(task_id) and len(task_id) <= 128):
+            continue
+        try:
             aborted += len(abort_stale_uploads(settings.backup_storage(task_id), max_age_s))
+        except VectorBackupError as exc:  # one task's directory must not stop the others'
+            log.warning("retention could not clear the uploads of task %s: %s", task_id, exc)
     return aborted

@@ -478,3 +478,36 @@ def test_compressed_and_binary_sets_on_s3_verify_and_restore_the_same_rows(
     restore_set(store.conn, directory)
 
     assert {t: row_texts(store.conn, t) for t in TABLES} == before
+
+
+def test_a_completion_retried_after_it_succeeded_is_taken_as_done_and_never_overwrites(s3_root):
+    """botocore retries a completion whose answer was lost; with If-None-Match the retry
+    is refused (412) although the object is this upload's: that is success. An upload of
+    other parts under the same name is still refused."""
+    storage = S3Prefix(*s3_root[len("s3://") :].split("/", 1))
+    first = storage.upload("t_1.csv")
+    first.start()
+    parts = [first.send(1, b"a" * (5 * MIB)), first.send(2, b"b" * 100)]
+    first.complete(parts, replace=False)
+
+    storage.upload("t_1.csv", first.upload_id).complete(parts, replace=False)  # the retry
+
+    other = storage.upload("t_1.csv")
+    other.start()
+    with pytest.raises(StorageError, match="the object changed or appeared meanwhile"):
+        other.complete([other.send(1, b"c" * 10)], replace=False)
+    assert storage.open("t_1.csv").read() == b"a" * (5 * MIB) + b"b" * 100
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://AKIAEXAMPLE:SECRETX@bucket/p",
+        "s3://bucket/p?X-Amz-Security-Token=SECRETX",
+        "s3://b/p/SECRETX..x/",
+    ],
+)
+def test_a_storage_url_that_is_refused_is_never_echoed(url):
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings({"VECTOR_STORAGE_URL": url})
+    assert "SECRETX" not in str(refused.value) and "AKIAEXAMPLE" not in str(refused.value)

@@ -209,6 +209,24 @@ def test_retention_on_s3_keeps_the_newest_and_the_newest_set_that_verifies(four_
 
 
 @pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_retention_removes_nothing_while_the_storage_cannot_be_read(four_sets, monkeypatch):
+    """A storage that fails while retention checks which set verifies tells nothing about
+    the sets: none may be taken for damaged and the newest good one removed for it."""
+    real_open = S3Prefix.open
+
+    def refusing(storage, name):
+        if name.startswith("langchain_pg_embedding_"):
+            raise StorageError(f"{storage.location}: reading {name} failed: the storage answered SlowDown")
+        return real_open(storage, name)
+
+    monkeypatch.setattr(S3Prefix, "open", refusing)
+    with pytest.raises(StorageError, match="SlowDown"):
+        apply_retention(four_sets, RetentionPolicy(keep=0), in_use=lambda stamp: False)
+    monkeypatch.undo()
+    assert stamps_left(four_sets) == STAMPS
+
+
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
 def test_retention_on_s3_leaves_a_set_alone_while_one_of_its_files_is_uploading(four_sets):
     start_upload(four_sets, f"langchain_pg_embedding_{STAMPS[0]}.csv")
 

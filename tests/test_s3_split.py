@@ -271,6 +271,33 @@ def test_split_progress_on_s3_counts_each_row_once(random_rows, services, s3_roo
     assert last["task-b"] == results["helper"]["row_count"]
 
 
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_a_helpers_parts_that_go_missing_make_the_holder_copy_alone(
+    random_rows, services, s3_root, monkeypatch
+):
+    """A helper's record that lists fewer rows than its ranges copied (a killed helper's
+    stream stood in for by its redelivered, empty one) must never complete the object."""
+    real_end = SplitBoard.end_stream
+
+    def loses_its_parts(board, attempt, stream, record):
+        if board.who == "task-b" and "parts" in record:
+            record = {"parts": [], "tail": None, "rows": 0}
+        real_end(board, attempt, stream, record)
+
+    monkeypatch.setattr(SplitBoard, "end_stream", loses_its_parts)
+    copiers = TwoCopiers(services, f"{s3_root}/lost/vector_bak", lambda who, p: None)
+    results = copiers.run()
+
+    result = results["holder"]
+    assert result["success"] and result["row_count"] == random_rows, result
+    assert "part_sizes" not in result  # copied again alone, one stream
+    assert results["helper"]["row_count"] > 0  # the helper did copy ranges the first time
+    storage = open_storage(copiers.location)
+    data = storage.open(result["backup_file"]).read()
+    assert data.count(b"\n") == random_rows + 1 and hashlib.sha256(data).hexdigest() == result["sha256"]
+    assert storage.pending() == []
+
+
 def wait_for(check, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not check():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import redis
@@ -136,6 +137,18 @@ class SplitBoard:
     # Range-split on object storage (`common.split.parts`): each copier uploads its rows
     # as parts of the table's one multipart upload and says which, once, when it is done.
 
+    def note_upload(self, attempt: int, upload_id: str) -> None:
+        self.client.set(self.key(attempt, "upload"), upload_id, ex=KEY_TTL_S)
+
+    def uploads(self) -> dict[int, str]:
+        """Every attempt's multipart upload, by attempt."""
+        found = {}
+        for attempt in range(1, self.attempt() + 1):
+            upload_id = self.client.get(self.key(attempt, "upload"))
+            if upload_id:
+                found[attempt] = upload_id.decode()
+        return found
+
     def number_parts_from(self, attempt: int, first: int) -> None:
         """Part numbers handed out from here on follow `first` (the holder's first part)."""
         self.client.set(self.key(attempt, "parts"), first, ex=KEY_TTL_S)
@@ -143,30 +156,34 @@ class SplitBoard:
     def next_part(self, attempt: int) -> int:
         return int(self.client.incr(self.key(attempt, "parts")))
 
-    def join_stream(self, attempt: int) -> str:
-        """This task will upload parts: the holder waits for its `end_stream`, or for its
-        heartbeat (the returned key) to stop. Called before it claims any range."""
-        alive = self.key(attempt, "stream-alive", self.who)
+    def join_stream(self, attempt: int) -> tuple[str, str]:
+        """This task will upload parts: (its stream's name, the heartbeat key to keep). The
+        holder waits for the stream's `end_stream`, or for its heartbeat to stop. Called
+        before any range is claimed. The name is new each time: a redelivered task must
+        never stand in for the stream its killed run left unfinished."""
+        stream = f"{self.who}:{uuid.uuid4().hex[:12]}"
+        alive = self.key(attempt, "stream-alive", stream)
         with self.client.pipeline() as pipe:
             pipe.set(alive, 1, ex=int(BEAT_TTL_S))
-            pipe.sadd(self.key(attempt, "streams"), self.who)
+            pipe.sadd(self.key(attempt, "streams"), stream)
             pipe.expire(self.key(attempt, "streams"), KEY_TTL_S)
             pipe.execute()
-        return alive
+        return stream, alive
 
-    def end_stream(self, attempt: int, record: dict[str, Any]) -> None:
+    def end_stream(self, attempt: int, stream: str, record: dict[str, Any]) -> None:
         with self.client.pipeline() as pipe:
-            pipe.set(self.key(attempt, "stream", self.who), json.dumps(record), ex=KEY_TTL_S)
-            pipe.rpush(self.key(attempt, "finished"), f"stream:{self.who}")
-            pipe.delete(self.key(attempt, "stream-alive", self.who))
+            pipe.set(self.key(attempt, "stream", stream), json.dumps(record), nx=True, ex=KEY_TTL_S)
+            pipe.rpush(self.key(attempt, "finished"), f"stream:{stream}")
+            pipe.expire(self.key(attempt, "finished"), KEY_TTL_S)
+            pipe.delete(self.key(attempt, "stream-alive", stream))
             pipe.execute()
 
     def streams(self, attempt: int) -> list[str]:
         return sorted(m.decode() for m in self.client.smembers(self.key(attempt, "streams")))
 
-    def stream(self, attempt: int, who: str) -> dict[str, Any] | None:
-        raw = self.client.get(self.key(attempt, "stream", who))
+    def stream(self, attempt: int, stream: str) -> dict[str, Any] | None:
+        raw = self.client.get(self.key(attempt, "stream", stream))
         return json.loads(raw) if raw else None
 
-    def stream_alive(self, attempt: int, who: str) -> bool:
-        return bool(self.client.exists(self.key(attempt, "stream-alive", who)))
+    def stream_alive(self, attempt: int, stream: str) -> bool:
+        return bool(self.client.exists(self.key(attempt, "stream-alive", stream)))

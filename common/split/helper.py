@@ -74,11 +74,14 @@ class Helper:
         """Copy ranges into parts of the holder's upload (`common.split.parts`); say which
         parts, and the leftover object, once every one is sent."""
         job, board, attempt = self.job, self.board, plan.attempt
-        beat = Heartbeat(board.client, board.join_stream(attempt))
+        stream, alive = board.join_stream(attempt)
+        beat = Heartbeat(board.client, alive)
         upload = job.storage.upload(job.file_name, plan.upload)
         numbers = functools.partial(board.next_part, attempt)
-        sink = PartSink(upload, job.settings.compression, job.storage.options.part_size, numbers)
+        options = job.storage.options
+        sink = PartSink(upload, job.settings.compression, options.part_size, numbers, uploads=options.uploads)
         record: dict = {"error": f"{job.table}: a helper stopped while uploading parts"}
+        sent = False
         try:
             copied = self._claim_and_copy(conn, plan, None, sink)
             end_snapshot(conn)
@@ -86,18 +89,25 @@ class Helper:
             if big_enough(rest):
                 sink.send(rest)
             elif rest:
-                tail = part_name(job.file_name, attempt, f"tail-{board.who}", job.settings.backup_temp_suffix)
+                tail = part_name(
+                    job.file_name,
+                    attempt,
+                    f"tail-{stream.replace(':', '-')}",
+                    job.settings.backup_temp_suffix,
+                )
                 with job.storage.writer(tail, replace=True) as out:
                     out.write(rest)
-            record = {"parts": part_record(sink.sent()), "tail": tail}
+            record = {"parts": part_record(sink.sent()), "tail": tail, "rows": copied[0]}
+            sent = True
             return copied
         except (OSError, VectorBackupError) as exc:
-            sink.abandon()
             end_transaction_quietly(conn)
             record = {"error": f"{job.table}: uploading parts failed: {first_line(exc)}"}
             raise BackupError(record["error"]) from exc
         finally:
-            board.end_stream(attempt, record)
+            if not sent:
+                sink.abandon()  # whatever stopped it: no part of it may go out any more
+            board.end_stream(attempt, stream, record)
             beat.stop()
 
     def _claim_and_copy(

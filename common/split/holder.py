@@ -163,21 +163,25 @@ class Holder:
         copy_header(conn, table, writer, self.fmt)
         self._publish(plan.uploading(uploading.upload_id))
         rows = self._join_direct(plan, copy, writer.out.flush, writer.count_shared)
-        parts, tails = self._streams()
+        parts, tails, streamed = self._streams()
+        if streamed != rows - writer.rows:
+            # The helpers' ranges hold rows their parts do not: a stream went missing.
+            raise HelperLost(f"the helpers' parts hold {streamed} rows, their ranges {rows - writer.rows}")
         uploading.digest.joined = bool(parts or tails)
         for tail in tails:
             uploading.add_tail(tail)
         uploading.finish(writer, parts, self.fmt.trailer)
         return rows
 
-    def _streams(self) -> tuple[list[SentPart], list[str]]:
-        """The parts and leftover objects of every helper that uploaded, once each is done."""
+    def _streams(self) -> tuple[list[SentPart], list[str], int]:
+        """The parts and leftover objects of every helper that uploaded, once each is done,
+        and the rows they hold."""
         board, attempt = self.board, self.attempt
-        parts, tails = [], []
-        for who in board.streams(attempt):
-            while (record := board.stream(attempt, who)) is None:
-                if not board.stream_alive(attempt, who):
-                    record = board.stream(attempt, who)
+        parts, tails, rows = [], [], 0
+        for stream in board.streams(attempt):
+            while (record := board.stream(attempt, stream)) is None:
+                if not board.stream_alive(attempt, stream):
+                    record = board.stream(attempt, stream)
                     if record is None:
                         raise HelperLost("a helper uploading parts stopped")
                     break
@@ -186,7 +190,8 @@ class Holder:
                 raise BackupError(record["error"])
             parts += from_record(record["parts"])
             tails += [record["tail"]] if record.get("tail") else []
-        return parts, tails
+            rows += int(record.get("rows", 0))
+        return parts, tails, rows
 
     def _publish(self, plan: SplitPlan) -> None:
         self.board.publish(plan)

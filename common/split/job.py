@@ -104,8 +104,10 @@ class SplitJob:
         settings, root = self.job.settings, self._helper.root
         uploading = direct = None
         if root is None:  # object storage: every copier uploads its own parts
-            part_bytes = self.job.storage.options.part_size
-            uploading = Uploading(self.board, attempt, settings.compression, part_bytes)
+            options = self.job.storage.options
+            uploading = Uploading(
+                self.board, attempt, settings.compression, options.part_size, options.uploads
+            )
         else:
             direct = settings.compression == "none" and appends_safely(root)
         # Appending parts leaves the holder time for a helper thread; copying directly or

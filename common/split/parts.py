@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -93,13 +94,16 @@ class PartSink:
         first_part: int,
         next_number: Callable[[], int],
         first: int | None = None,
+        uploads: int = 2,
     ) -> None:
         self.upload, self.first_part, self._next_number = upload, first_part, next_number
         self._first = first
         self._frame = _Frame(compression)
         self._target = part_size(first_part, first or 1)
         self._sent: list[Future] = []
-        self._pool = ThreadPoolExecutor(2, thread_name_prefix="s3-part")
+        # At most `uploads` parts in flight: a COPY faster than the link waits, not memory.
+        self._slots = threading.Semaphore(uploads)
+        self._pool = ThreadPoolExecutor(uploads, thread_name_prefix="s3-part")
         self.whole = hashlib.sha256()  # of the parts in the order sent: their numbers' order
 
     def write(self, data: bytes) -> int:
@@ -129,7 +133,10 @@ class PartSink:
         self._target = part_size(self.first_part, number + 1)
         self._failed()
         self.whole.update(data)
-        self._sent.append(self._pool.submit(self.upload.send, number, data, True))
+        self._slots.acquire()
+        future = self._pool.submit(self.upload.send, number, data, True)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._sent.append(future)
 
     def _failed(self) -> None:
         for future in self._sent:
@@ -191,8 +198,9 @@ class Uploading:
     """The holder's side: the upload, its own sink (part 1 first), the helpers' leftovers
     added to its last part, and the completion, only once every part is accounted for."""
 
-    def __init__(self, board: Any, attempt: int, compression: str, first_part: int) -> None:
+    def __init__(self, board: Any, attempt: int, compression: str, first_part: int, uploads: int = 2) -> None:
         self.board, self.attempt, self.compression, self.first_part = board, attempt, compression, first_part
+        self.uploads = uploads
         self.upload: Upload | None = None
         self.sink: PartSink | None = None
         self.storage: Any = None
@@ -207,11 +215,11 @@ class Uploading:
         if not job.replace and job.storage.exists(job.file_name):
             raise FileExistsError(f"{job.file_name} already exists; refusing to overwrite a backup")
         self.storage, self.upload = job.storage, job.storage.upload(job.file_name)
-        self.upload.start()
-        self.board.number_parts_from(self.attempt, 1)
         numbers = functools.partial(self.board.next_part, self.attempt)
-        self.sink = PartSink(self.upload, self.compression, self.first_part, numbers, first=1)
+        self.sink = PartSink(self.upload, self.compression, self.first_part, numbers, 1, self.uploads)
         try:
+            self.board.note_upload(self.attempt, self.upload.start())
+            self.board.number_parts_from(self.attempt, 1)
             yield self.sink, self.digest
             self.upload.complete(self.digest.parts, replace=job.replace)
         except BaseException:
@@ -240,3 +248,12 @@ class Uploading:
         self.digest.parts = [*sink.sent(), *helper_parts]
         if not helper_parts:
             self.digest.whole = sink.whole
+
+
+def abort_again(board: Any, storage: Any, file_name: str) -> None:
+    """Abort every attempt's upload of a table once all its copiers have ended: a part
+    still in flight when the holder aborted may have landed after it (S3 then keeps it,
+    invisible and billed, under an upload no listing shows). A completed upload is not
+    touched (S3 answers NoSuchUpload)."""
+    for upload_id in board.uploads().values():
+        storage.upload(file_name, upload_id).abort()

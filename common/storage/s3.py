@@ -44,11 +44,14 @@ def split_url(location: str) -> tuple[str, str]:
     location can reach outside its prefix."""
     rest = location[len("s3://") :].strip("/")
     bucket, _, prefix = rest.partition("/")
+    # Never echo the URL: a mistaken one may carry a key (`s3://KEY:SECRET@bucket`) or a token.
     if not BUCKET.fullmatch(bucket):
-        raise ConfigurationError(f"{location[:80]!r}: not an s3://bucket/prefix URL")
+        raise ConfigurationError("an s3:// location must be s3://bucket/prefix with a valid bucket name")
     segments = [s for s in prefix.split("/") if s]
     if any(not SEGMENT.fullmatch(s) or s in (".", "..") for s in segments):
-        raise ConfigurationError(f"{location[:80]!r}: the prefix may hold only plain names")
+        raise ConfigurationError(
+            f"s3://{bucket}/…: the prefix may hold only plain names (letters, digits, _ . - ~)"
+        )
     return bucket, "/".join(segments)
 
 
@@ -223,7 +226,8 @@ class S3Prefix:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=base + WILDCARD.split(pattern, 1)[0]):
                 for upload in page.get("Uploads", []):
                     name = upload["Key"][len(base) :]
-                    if "/" not in name and fnmatch.fnmatchcase(name, pattern):
+                    # A key no writer of ours makes (empty, `..`) is another tool's: left alone.
+                    if "/" not in name and name not in ("", ".", "..") and fnmatch.fnmatchcase(name, pattern):
                         yield upload
         except BOTO_ERRORS as exc:
             raise storage_error(self.location, "listing uploads", exc) from None

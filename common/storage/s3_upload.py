@@ -98,7 +98,19 @@ class Upload:
                 **extra,
             )
         except BOTO_ERRORS as exc:
+            if not replace and error_code(exc) in ("PreconditionFailed", "412") and self._is_ours(ordered):
+                return  # a retry of a completion that had succeeded: the object is these parts
             raise storage_error(self.location, "completing the upload", exc) from None
+
+    def _is_ours(self, parts: list[SentPart]) -> bool:
+        """Whether the object now under the key is this upload's: S3's ETag of a multipart
+        object is the MD5 of its parts' MD5s, then `-` and their number."""
+        try:
+            etag = self.client.head_object(Bucket=self.bucket, Key=self.key)["ETag"].strip('"')
+            digests = b"".join(bytes.fromhex(p.etag.strip('"')) for p in parts)
+        except (*BOTO_ERRORS, ValueError):
+            return False
+        return etag == f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"
 
     def abort(self) -> None:
         """Best effort: on failure the upload stays pending until a cleanup aborts it."""
