@@ -53,6 +53,18 @@ def start_host_worker(env: dict, log) -> object:
     return start_logged(argv, log, env, start_new_session=True)
 
 
+def truncate_run_on_two_hosts(hosts: dict, task_id: str, tmp_path) -> tuple[dict, dict[str, str]]:
+    """A truncate run sent from host_c and run by one worker each on host_a and host_b:
+    its final state, and each worker's log."""
+    workers = [start_host_worker(hosts[name], tmp_path / f"{name}.log") for name in ("host_a", "host_b")]
+    try:
+        final = final_state(send_truncate_run(hosts["host_c"], task_id, 150), log=tmp_path / "host_a.log")
+    finally:
+        for worker in workers:
+            stop(worker)
+    return final, {name: (tmp_path / f"{name}.log").read_text() for name in ("host_a", "host_b")}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
 @pytest.mark.parametrize(
@@ -68,14 +80,7 @@ def test_two_hosts_without_a_shared_directory_make_one_range_split_set_in_s3(
     broker = isolated(services["CELERY_BROKER_URL"], redis_db)
     settings = dict(VECTOR_BACKUP_FORMAT=file_format, VECTOR_BACKUP_COMPRESSION=compression)
     hosts = {name: host(tmp_path, name, broker, **settings) for name in ("host_a", "host_b", "host_c")}
-    workers = [start_host_worker(hosts[name], tmp_path / f"{name}.log") for name in ("host_a", "host_b")]
-    try:
-        final = final_state(send_truncate_run(hosts["host_c"], task_id, 150), log=tmp_path / "host_a.log")
-    finally:
-        for worker in workers:
-            stop(worker)
-
-    logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("host_a", "host_b")}
+    final, logs = truncate_run_on_two_hosts(hosts, task_id, tmp_path)
     assert final["state"] == "SUCCESS", (final, logs)
     outcome = final["outcome"]
     directory = f"{s3_root}/{task_id}/vector_bak"
@@ -120,12 +125,7 @@ def test_two_hosts_without_a_shared_directory_or_object_storage_fail_clearly(
     # One copier per table, each held up long enough that the other host takes the other table.
     for env in hosts.values():
         env.update(VECTOR_SPLIT_WORKERS="1", VECTOR_PROGRESS_EVERY="1")
-    workers = [start_host_worker(hosts[name], tmp_path / f"{name}.log") for name in ("host_a", "host_b")]
-    try:
-        final = final_state(send_truncate_run(hosts["host_c"], task_id, 150), log=tmp_path / "host_a.log")
-    finally:
-        for worker in workers:
-            stop(worker)
+    final, _ = truncate_run_on_two_hosts(hosts, task_id, tmp_path)
 
     assert final["state"] == "FAILURE", final
     assert "VECTOR_STORAGE_URL" in str(final["outcome"]), final
