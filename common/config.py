@@ -146,6 +146,8 @@ class Settings:
     # Where backup directories live: None = under `task_root`; else a storage URL
     # (`s3://bucket/prefix`) or a directory (`VECTOR_STORAGE_URL`).
     storage_url: str | None = None
+    # `check`: the newest set that verifies may be this old (`VECTOR_CHECK_MAX_AGE`).
+    check_max_age_s: float = 26 * 3600.0
     # HMAC-SHA256 key for manifests: with it, a set is only trusted if its manifest is
     # signed with it (`VECTOR_SIGNING_KEY`).
     signing_key: str | None = field(default=None, repr=False)
@@ -274,7 +276,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         restore=restore,
         signing_key=env.get("VECTOR_SIGNING_KEY") or None,
         storage_url=_storage_url(env),
+        check_max_age_s=_duration(env, "VECTOR_CHECK_MAX_AGE", 26 * 3600.0),
     )
+
+
+def _duration(env: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds, from a number of seconds or a number with s, m, h or d."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    found = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)", raw)
+    if not found or float(found[1]) <= 0:
+        raise ConfigurationError(f"{name} must be a positive duration such as 26h, 90m or 3600")
+    return float(found[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[found[2]]
 
 
 def _storage_url(env: Mapping[str, str]) -> str | None:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 RUNS_INDEX = "vector:runs"  # recent runs, scored by request time
+NIGHTLY_SENT = "vector:beat:nightly-sent"  # when beat's nightly backup last reached a worker
 
 
 def claim(task_id: str, mode: str, database: Mapping[str, Any]) -> str:

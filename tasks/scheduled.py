@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
+from common import run_keys
 from common.config import TASK_ID_PATTERN, load_schedules, load_settings
 from common.exceptions import VectorBackupError
 from common.redis_conn import redis_client
@@ -18,6 +20,9 @@ log = logging.getLogger(__name__)
 @app.task(name=names.NIGHTLY_BACKUP)
 def nightly_backup() -> EnqueueResult:
     """A backup-only run into `<root>/vector_bak/`, through the same run lock as any run."""
+    settings = load_settings()
+    # `check` compares this with beat's schedule: a beat that stopped is noticed.
+    redis_client(settings.runs.redis_url).set(run_keys.NIGHTLY_SENT, time.time(), ex=40 * 86400)
     return enqueue_vector_management(None, backup=True)
 
 

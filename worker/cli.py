@@ -245,6 +245,28 @@ def restore(path, db_connection, mode, jobs):
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the status and every check.")
+def check(as_json):
+    """Is the service healthy, and is there a recent backup set that verifies?
+
+    One line per check; the exit code is Nagios's: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    """
+    from worker.check import report, run_checks
+
+    try:
+        checks = run_checks()
+    except VectorBackupError as exc:
+        click.echo(f"UNKNOWN: check: {exc}")
+        sys.exit(3)
+    answer = report(checks)
+    if as_json:
+        click.echo(json.dumps(answer, ensure_ascii=False))
+    else:
+        click.echo("\n".join(c.line() for c in checks))
+    sys.exit(answer["code"])
+
+
+@cli.command()
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 in compose)."
 )

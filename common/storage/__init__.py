@@ -16,7 +16,8 @@ A storage is a module here named for its URL scheme (`local` for plain paths) ex
   `directories()`: the names of the directories (prefixes) directly inside;
   `present()`: whether the directory (any object under the prefix) exists;
 - `pending(pattern)`: names being written now (temp files; multipart uploads in
-  progress); `discard_pending(pattern, older_than_s)`: remove those (abort them);
+  progress); `idle(pattern)`: those names and the seconds since each last moved;
+  `discard_pending(pattern, older_than_s)`: remove those (abort them);
 - `delete(name)`; `append_text(name, text)`: the set log shared by a directory's runs.
 
 Storages: `local` (a directory) and `s3` (`s3://bucket/prefix`, any S3-compatible

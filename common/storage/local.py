@@ -93,6 +93,15 @@ class LocalDirectory:
         cut = len(self.temp_suffix)
         return [n[:-cut] for n in self.names(pattern + glob.escape(self.temp_suffix))]
 
+    def idle(self, pattern: str = "*") -> dict[str, float]:
+        """Each name being written and the seconds since its temp file was last written."""
+        found = {}
+        for name in self.pending(pattern):
+            info = self.stat(name + self.temp_suffix)
+            if info is not None:
+                found[name] = time.time() - info.mtime
+        return found
+
     def discard_pending(self, pattern: str = "*", older_than_s: float = 0.0) -> list[str]:
         """Remove the temp files of names matching `pattern` last written more than
         `older_than_s` ago; the names."""

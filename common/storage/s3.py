@@ -253,6 +253,16 @@ class S3Prefix:
             done.add(name)
         return sorted(done)
 
+    def idle(self, pattern: str = "*") -> dict[str, float]:
+        """Each name being uploaded and the seconds since its upload last moved."""
+        found, now = {}, time.time()
+        for upload in list(self._pending_uploads(pattern)):
+            last = self._last_active(upload)
+            if last is not None:
+                name = upload["Key"].rsplit("/", 1)[-1]
+                found[name] = min(found.get(name, now - last), now - last)
+        return found
+
     def _last_active(self, upload: dict[str, Any]) -> float | None:
         """When the upload last moved: its newest part, else its start (a date moto, for
         one, makes up); None if it has ended meanwhile."""

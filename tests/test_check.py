@@ -1,0 +1,101 @@
+"""`python -m worker check` against a real stack: a real worker process, real Redis and
+PostgreSQL, sets made by beat's own nightly task; exit codes as Nagios reads them."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+
+from common import run_keys
+from common.config import Schedules
+from tests.processes import project_env, run_script
+from tests.test_processes import isolated
+from tests.test_s3_faults import cli
+from tests.test_worker_killed import start_worker, stop
+from worker.check import beat, missed_since
+from worker.sample_store import add_awkward_rows
+
+NIGHTLY = """
+from celery.result import AsyncResult
+from worker import app
+from tasks.pipeline import run_record, run_result
+sent = app.send_task("vector.nightly_backup").get(timeout=60)
+print(run_result(run_record(sent["run_id"])).get(timeout=60)["manifest"])
+"""
+
+
+def lines(done) -> dict[str, str]:
+    """Each check's line by its name ("OK: workers: …" under "workers")."""
+    return {line.split(": ")[1]: line for line in done.stdout.splitlines()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["langchain_postgres"], indirect=True)
+def test_check_on_a_healthy_stack_then_an_old_a_corrupted_set_and_no_worker(store, services, tmp_path):
+    add_awkward_rows(store.conn, store.kind, store.collection_id)
+    broker = isolated(services["CELERY_BROKER_URL"], 15)
+    redis.Redis.from_url(broker).flushdb()
+    env = project_env(
+        CELERY_BROKER_URL=broker, CELERY_RESULT_BACKEND=broker, VECTOR_TASK_ROOT=str(tmp_path / "root")
+    )
+    env.pop("VECTOR_DRILL_DB_URL", None)
+    env.pop("VECTOR_STORAGE_URL", None)
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        first = run_script(NIGHTLY, env=env)
+        assert first.returncode == 0, first.stderr[-2000:]
+        healthy = cli(env, "check")
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        assert set(lines(healthy)) == {
+            "broker", "workers", "beat", "nightly run", "database", "newest set", "free space", "leftovers",
+            "restore drill",
+        }  # fmt: skip
+        assert all(line.startswith("OK: ") for line in lines(healthy).values())
+        as_json = json.loads(cli(env, "check", "--json").stdout)
+        assert as_json["status"] == "OK" and as_json["code"] == 0 and len(as_json["checks"]) == 9
+
+        time.sleep(1.5)
+        old = cli({**env, "VECTOR_CHECK_MAX_AGE": "1s"}, "check")
+        assert old.returncode == 2 and lines(old)["newest set"].startswith("CRITICAL: newest set: ")
+
+        time.sleep(1)  # the next set gets a timestamp of its own
+        second = run_script(NIGHTLY, env=env)
+        assert second.returncode == 0, second.stderr[-2000:]
+        directory = tmp_path / "root" / "vector_bak"
+        [newest] = sorted(directory.glob("langchain_pg_embedding_*.csv"))[-1:]
+        with open(newest, "ab") as damaged:
+            damaged.write(b"x")
+        corrupted = cli(env, "check")
+        older = first.stdout.strip().removeprefix("manifest_").removesuffix(".json")
+        assert corrupted.returncode == 1, corrupted.stdout
+        assert lines(corrupted)["newest set"].startswith(
+            f"WARNING: newest set: newest set that verifies is {older}"
+        )
+        assert "newer sets that do not verify" in lines(corrupted)["newest set"]
+    finally:
+        stop(worker)
+    stopped = cli(env, "check")
+    assert stopped.returncode == 2 and lines(stopped)["workers"].startswith("CRITICAL: workers: no worker")
+
+
+def test_beat_that_missed_its_nightly_backup_is_critical(services):
+    client = redis.Redis.from_url(isolated(services["CELERY_BROKER_URL"], 15))
+    schedules, now = Schedules(backup="0 2 * * *"), time.time()
+    client.set(run_keys.NIGHTLY_SENT, now - 3 * 86400)
+    assert beat(client, schedules, now).status == 2
+    client.set(run_keys.NIGHTLY_SENT, now - 60)
+    assert beat(client, schedules, now).status == 0
+    client.delete(run_keys.NIGHTLY_SENT)
+    assert beat(client, schedules, now).status == 1
+
+
+def test_a_schedule_is_missed_only_once_it_came_due_after_the_last_send():
+    day = 86400.0
+    assert missed_since("60", 1000.0, 1061.0) and not missed_since("60", 1000.0, 1059.0)
+    start = 1_700_000_000.0 - 1_700_000_000.0 % day  # a midnight, UTC
+    sent = start + 2 * 3600  # 02:00
+    assert not missed_since("0 2 * * *", sent, sent + day - 60)  # 01:59 the next night
+    assert missed_since("0 2 * * *", sent, sent + day + 60)  # 02:01 the next night

@@ -1,0 +1,113 @@
+"""`python -m worker check`: every health check, the Celery-facing ones here (the broker,
+the workers' pings, beat's schedule, the last nightly run), the rest in `common.health`."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import redis
+from celery.schedules import crontab
+
+from common import health, run_keys
+from common.config import Schedules, Settings, load_schedules, load_settings
+from common.exceptions import VectorBackupError
+from common.health import CRITICAL, OK, UNKNOWN, WARNING, Check
+from common.redis_conn import redis_client, run_states
+
+# Beat's nightly backup may run this late before it counts as missed.
+BEAT_GRACE_S = 15 * 60
+
+
+def run_checks(settings: Settings | None = None, schedules: Schedules | None = None) -> list[Check]:
+    settings, schedules = settings or load_settings(), schedules or load_schedules()
+    client = redis_client(settings.runs.redis_url)
+    checks = [broker(client)]
+    if checks[0].status == OK:
+        checks += [workers(), beat(client, schedules), nightly_run(settings)]
+    checks.append(health.database(settings))
+    try:
+        storage = settings.backup_storage()
+        checks += [
+            health.newest_good_set(storage, settings.check_max_age_s, settings.signing_key),
+            health.free_space(storage),
+            health.leftovers(storage),
+        ]
+    except VectorBackupError as exc:
+        checks.append(Check("storage", CRITICAL, str(exc)))
+    checks.append(drill())
+    return checks
+
+
+def broker(client: redis.Redis) -> Check:
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return Check("broker", CRITICAL, f"Redis cannot be reached: {type(exc).__name__}")
+    return Check("broker", OK, "Redis reachable")
+
+
+def workers() -> Check:
+    from worker import app
+
+    answers = app.control.ping(timeout=1.0) or []
+    names = sorted(name for answer in answers for name in answer)
+    if not names:
+        return Check("workers", CRITICAL, "no worker answered a ping: no backup can run")
+    return Check("workers", OK, f"{len(names)} alive ({', '.join(names)})")
+
+
+def beat(client: redis.Redis, schedules: Schedules, now: float | None = None) -> Check:
+    """Whether beat sent the nightly backup the last time its schedule came due."""
+    now = time.time() if now is None else now
+    raw = client.get(run_keys.NIGHTLY_SENT)
+    if raw is None:
+        return Check("beat", WARNING, "no nightly backup was ever sent: is celery beat running?")
+    last = float(raw)
+    if missed_since(schedules.backup, last, now - BEAT_GRACE_S):
+        return Check(
+            "beat", CRITICAL, f"the nightly backup due since the one sent {_ago(now - last)} never came"
+        )
+    return Check("beat", OK, f"the last nightly backup was sent {_ago(now - last)} ago, on time")
+
+
+def missed_since(schedule: str, last: float, now: float) -> bool:
+    """Whether `schedule` (cron, or seconds) came due after `last` and before `now`."""
+    try:
+        return now - last > float(schedule)
+    except ValueError:
+        pass
+    zone = ZoneInfo(os.environ.get("CELERY_TIMEZONE", "UTC"))
+    cron = crontab.from_string(schedule)
+    cron.nowfun = lambda: datetime.fromtimestamp(now, zone)
+    return bool(cron.is_due(datetime.fromtimestamp(last, zone)).is_due)
+
+
+def nightly_run(settings: Settings) -> Check:
+    """The state of the newest nightly run (a run without a task id)."""
+    nightly = next((run for run in run_states(settings).recent(200) if not run.get("task_id")), None)
+    if nightly is None:
+        return Check("nightly run", WARNING, "no nightly run is recorded")
+    state = nightly.get("state", "unknown")
+    summary = f"run {nightly['run_id']} is {state}"
+    if state in ("failed", "abandoned"):
+        return Check("nightly run", CRITICAL, f"{summary}: {str(nightly.get('reason', ''))[:200]}")
+    return Check("nightly run", WARNING if state == "cancelled" else OK, summary)
+
+
+def drill() -> Check:
+    if not os.environ.get("VECTOR_DRILL_DB_URL"):
+        return Check("restore drill", OK, "restore drills are off (VECTOR_DRILL_DB_URL is not set)")
+    return Check("restore drill", UNKNOWN, "no restore drill result is recorded yet")
+
+
+def report(checks: list[Check]) -> dict[str, Any]:
+    code = health.overall(checks)
+    return {"status": health.NAMES[code], "code": code, "checks": [c.as_dict() for c in checks]}
+
+
+def _ago(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
