@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 
-from flask import Flask, jsonify, request, send_file
+from flask import Flask, Response, jsonify, request, send_file
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from common.catalog import find_set, list_sets, open_set_file
 from common.config import ApiSettings, Settings, load_api_settings, load_settings
 from common.exceptions import ConfigurationError, VerifyError
-from worker import api_http, envelope
+from worker import api_http, envelope, metrics
 from worker.api_http import reply
 from worker.api_runs import RunRoutes
 from worker.openapi import PREFIX, openapi_spec
@@ -78,6 +79,13 @@ def create_app(
         except RequestedRangeNotSatisfiable:
             opened.close()
             raise
+
+    scraped = metrics.registry(settings)
+
+    @web.get("/metrics")
+    def prometheus():
+        """Prometheus text (with API_TOKEN set, scrape with that bearer token)."""
+        return Response(generate_latest(scraped), mimetype=CONTENT_TYPE_LATEST)
 
     @web.get("/api/v0/openapi.json")
     def openapi():

@@ -3,6 +3,8 @@ the workers' pings, beat's schedule, the last nightly run), the rest in `common.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from datetime import datetime
@@ -107,6 +109,14 @@ def drill() -> Check:
 def report(checks: list[Check]) -> dict[str, Any]:
     code = health.overall(checks)
     return {"status": health.NAMES[code], "code": code, "checks": [c.as_dict() for c in checks]}
+
+
+def record(answer: dict[str, Any], settings: Settings | None = None) -> None:
+    """Keep the outcome for `/metrics` (`vector_backup_check_status`); best effort."""
+    settings = settings or load_settings()
+    outcome = json.dumps({"code": answer["code"], "at": time.time()})
+    with contextlib.suppress(redis.RedisError):  # the broker check has said so already
+        redis_client(settings.runs.redis_url).set(run_keys.LAST_CHECK, outcome, ex=40 * 86400)
 
 
 def _ago(seconds: float) -> str:

@@ -251,7 +251,7 @@ def check(as_json):
 
     One line per check; the exit code is Nagios's: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
     """
-    from worker.check import report, run_checks
+    from worker.check import record, report, run_checks
 
     try:
         checks = run_checks()
@@ -259,6 +259,7 @@ def check(as_json):
         click.echo(f"UNKNOWN: check: {exc}")
         sys.exit(3)
     answer = report(checks)
+    record(answer)
     if as_json:
         click.echo(json.dumps(answer, ensure_ascii=False))
     else:
