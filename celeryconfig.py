@@ -69,6 +69,17 @@ def _beat_schedule() -> dict:
             "schedule": _schedule(schedules.retention),
             "options": {"expires": 3600},
         },
+        **(
+            {
+                "vector-restore-drill": {
+                    "task": "vector.restore_drill",
+                    "schedule": _schedule(schedules.drill),
+                    "options": {"expires": 3600},
+                }
+            }
+            if schedules.drill_db_url
+            else {}
+        ),
     }
 
 

@@ -356,6 +356,9 @@ class Schedules:
     # An upload idle this long (no part sent, a temp file not written) belongs to a dead
     # run or to an abort that could not reach the storage: retention aborts it.
     pending_upload_max_age_s: float = 86400.0
+    # Restore drills (`common.drill`): into this scratch database, off when unset.
+    drill_db_url: str | None = field(default=None, repr=False)
+    drill: str = "0 4 * * *"
 
 
 def load_schedules(env: Mapping[str, str] | None = None) -> Schedules:
@@ -370,6 +373,8 @@ def load_schedules(env: Mapping[str, str] | None = None) -> Schedules:
         pending_upload_max_age_s=float(
             _number(env, "VECTOR_PENDING_UPLOAD_MAX_AGE", Schedules.pending_upload_max_age_s, float)
         ),
+        drill_db_url=env.get("VECTOR_DRILL_DB_URL") or None,
+        drill=env.get("VECTOR_DRILL_SCHEDULE") or Schedules.drill,
     )
     if schedules.keep < 0 or schedules.max_age_days < 0 or schedules.pending_upload_max_age_s < 0:
         raise ConfigurationError(

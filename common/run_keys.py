@@ -10,6 +10,7 @@ from typing import Any
 RUNS_INDEX = "vector:runs"  # recent runs, scored by request time
 NIGHTLY_SENT = "vector:beat:nightly-sent"  # when beat's nightly backup last reached a worker
 LAST_CHECK = "vector:check:last"  # the last `check`'s exit code and time, for /metrics
+LAST_DRILL = "vector:drill:last"  # the last restore drill's result (state, set, duration, time)
 
 
 def claim(task_id: str, mode: str, database: Mapping[str, Any]) -> str:

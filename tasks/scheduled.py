@@ -7,6 +7,8 @@ import time
 
 from common import run_keys
 from common.config import TASK_ID_PATTERN, load_schedules, load_settings
+from common.drill import record as record_drill
+from common.drill import run_drill, scratch_target
 from common.exceptions import VectorBackupError
 from common.redis_conn import redis_client
 from common.retention import RetentionPolicy, abort_stale_uploads, apply_retention
@@ -60,3 +62,20 @@ def _abort_stale_uploads_of_tasks(settings, max_age_s: float | None) -> int:
         except VectorBackupError as exc:  # one task's directory must not stop the others'
             log.warning("retention could not clear the uploads of task %s: %s", task_id, exc)
     return aborted
+
+
+@app.task(name=names.RESTORE_DRILL)
+def restore_drill() -> dict:
+    """Restore the newest nightly set into `VECTOR_DRILL_DB_URL` and check it (`common.drill`)."""
+    settings, schedules = load_settings(), load_schedules()
+    if schedules.drill_db_url is None:
+        return {"state": "off"}
+    result = run_drill(settings, scratch_target(settings, schedules.drill_db_url))
+    record_drill(redis_client(settings.runs.redis_url), result)
+    log.log(
+        logging.INFO if result.state == "passed" else logging.ERROR,
+        "restore drill %s: %s",
+        result.state,
+        result.detail,
+    )
+    return result.as_dict()

@@ -15,7 +15,9 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from common.catalog import find_set, list_sets, open_set_file
 from common.config import ApiSettings, Settings, load_api_settings, load_settings
+from common.drill import last_drill
 from common.exceptions import ConfigurationError, VerifyError
+from common.redis_conn import redis_client
 from worker import api_http, envelope, metrics
 from worker.api_http import reply
 from worker.api_runs import RunRoutes
@@ -79,6 +81,12 @@ def create_app(
         except RequestedRangeNotSatisfiable:
             opened.close()
             raise
+
+    @web.get(f"{PREFIX}/drill")
+    def drill():
+        last = last_drill(redis_client(settings.runs.redis_url))
+        summary = "no restore drill has run" if last is None else f"restore drill {last['state']}"
+        return reply(envelope.success_response({"response": summary, "drill": last}))
 
     scraped = metrics.registry(settings)
 

@@ -16,6 +16,7 @@ from celery.schedules import crontab
 
 from common import health, run_keys
 from common.config import Schedules, Settings, load_schedules, load_settings
+from common.drill import last_drill
 from common.exceptions import VectorBackupError
 from common.health import CRITICAL, OK, UNKNOWN, WARNING, Check
 from common.redis_conn import redis_client, run_states
@@ -40,7 +41,9 @@ def run_checks(settings: Settings | None = None, schedules: Schedules | None = N
         ]
     except VectorBackupError as exc:
         checks.append(Check("storage", CRITICAL, str(exc)))
-    checks.append(drill())
+    checks.append(
+        drill(client, schedules) if checks[0].status == OK else Check("restore drill", UNKNOWN, "no broker")
+    )
     return checks
 
 
@@ -100,10 +103,14 @@ def nightly_run(settings: Settings) -> Check:
     return Check("nightly run", WARNING if state == "cancelled" else OK, summary)
 
 
-def drill() -> Check:
-    if not os.environ.get("VECTOR_DRILL_DB_URL"):
+def drill(client: redis.Redis, schedules: Schedules) -> Check:
+    if schedules.drill_db_url is None:
         return Check("restore drill", OK, "restore drills are off (VECTOR_DRILL_DB_URL is not set)")
-    return Check("restore drill", UNKNOWN, "no restore drill result is recorded yet")
+    last = last_drill(client)
+    if last is None:
+        return Check("restore drill", UNKNOWN, "no restore drill has run yet")
+    summary = f"{last['state']} {_ago(time.time() - last['at'])} ago on {last['set']}: {last['detail']}"
+    return Check("restore drill", OK if last["state"] == "passed" else CRITICAL, summary)
 
 
 def report(checks: list[Check]) -> dict[str, Any]:

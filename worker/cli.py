@@ -5,14 +5,16 @@ Exit status: 0 success (or nothing asked), 1 the run failed, 2 usage error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 import click
+import redis
 
 from common import output
-from common.exceptions import StorageError, VectorBackupError
+from common.exceptions import ConfigurationError, StorageError, VectorBackupError
 from worker.follow import console, follow_run, report
 
 # Options shared by `run` and `follow`.
@@ -242,6 +244,32 @@ def restore(path, db_connection, mode, jobs):
         click.echo(f"✗ restore refused or failed, nothing was written: {exc}")
         sys.exit(1)
     click.echo("\n".join(output.restored_lines(done, target, mode)))
+
+
+@cli.command()
+@click.argument("path", required=False)
+def drill(path):
+    """Restore drill now: the newest nightly set (or PATH) into VECTOR_DRILL_DB_URL, then
+    row counts, the collection link and exact searches. Exit 0 only when it passes."""
+    from common.config import load_schedules, load_settings
+    from common.drill import record, run_drill, scratch_target
+    from common.redis_conn import redis_client
+
+    try:
+        settings, schedules = load_settings(), load_schedules()
+        if schedules.drill_db_url is None:
+            raise ConfigurationError("set VECTOR_DRILL_DB_URL to a scratch database for restore drills")
+        result = run_drill(settings, scratch_target(settings, schedules.drill_db_url), path)
+    except VectorBackupError as exc:
+        click.echo(f"✗ {exc}")
+        sys.exit(1)
+    with contextlib.suppress(redis.RedisError):
+        record(redis_client(settings.runs.redis_url), result)
+    mark = "✓" if result.state == "passed" else "✗"
+    click.echo(
+        f"{mark} restore drill {result.state} in {result.duration:.1f}s ({result.set}): {result.detail}"
+    )
+    sys.exit(0 if result.state == "passed" else 1)
 
 
 @cli.command()

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from common import run_keys
 from common.catalog import find_set, list_sets
 from common.config import Settings
+from common.drill import last_drill
 from common.exceptions import VectorBackupError
 from common.redis_conn import redis_client, run_states
 
@@ -31,6 +32,7 @@ class BackupCollector(Collector):
         yield from self._sets()
         yield from self._runs()
         yield from self._check()
+        yield from self._drill()
 
     def _sets(self) -> Iterator[GaugeMetricFamily]:
         last = GaugeMetricFamily(
@@ -96,6 +98,24 @@ class BackupCollector(Collector):
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_check_timestamp_seconds", "When the last `check` ran.", value=last["at"]
+        )
+
+    def _drill(self) -> Iterator[GaugeMetricFamily]:
+        last = last_drill(redis_client(self.settings.runs.redis_url))
+        if last is None:
+            return
+        yield GaugeMetricFamily(
+            f"{PREFIX}_drill_success",
+            "1 if the last restore drill passed, else 0.",
+            value=last["state"] == "passed",
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_drill_duration_seconds",
+            "How long the last restore drill took.",
+            value=last["duration"],
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_drill_timestamp_seconds", "When the last drill ended.", value=last["at"]
         )
 
 

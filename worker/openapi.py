@@ -172,6 +172,15 @@ def openapi_spec() -> dict[str, Any]:
             f"{PREFIX}/backups/{{set_name}}/files/{{file_name}}": _get(
                 "Download one file of a set (streamed)", ["set_name", "file_name"], None, 401, 404
             ),
+            f"{PREFIX}/drill": _get(
+                "The last restore drill's result (null before the first)", [], "the drill", 401
+            ),
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics: newest sets, runs and truncates by state, check, drill",
+                    "responses": {"200": {"description": "Prometheus text", "content": {"text/plain": {}}}},
+                }
+            },
             "/api/v0/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}
             },
