@@ -8,13 +8,15 @@ path segment.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import Path
 from typing import Any, BinaryIO, TypedDict
 
 from common.config import Settings, validate_task_id
 from common.exceptions import ConfigurationError, StorageError, VerifyError
-from common.manifest import MANIFEST_GLOB, SetRef, load_manifest, manifest_name
+from common.manifest import MANIFEST_GLOB, SetRef, load_manifest, locate, manifest_name
+from common.pins import Pin, read_pin
 from common.storage import FileInfo, open_storage
 
 SEPARATOR = "~"
@@ -30,6 +32,8 @@ class SetSummary(TypedDict):
     run_id: str | None
     tables: dict[str, dict[str, Any]]
     files: list[str]
+    pinned: bool
+    pin: Pin | None
 
 
 def set_name(task_id: str | None, timestamp: str) -> str:
@@ -53,18 +57,37 @@ def list_sets(settings: Settings) -> list[SetSummary]:
 
 def find_set(settings: Settings, name: str) -> tuple[SetRef, dict[str, Any]]:
     """The set called `name` and its manifest; `VerifyError` if there is none."""
-    task_id, sep, timestamp = name.partition(SEPARATOR)
-    if not sep or not timestamp or not STAMP.fullmatch(timestamp) or len(name) > 200:
-        raise VerifyError(f"no backup set called {name[:100]!r}")
-    if task_id and not _is_task_id(task_id):
-        raise VerifyError(f"no backup set called {name!r}")
-    ref = SetRef(settings.backup_storage(task_id or None), manifest_name(timestamp))
+    ref = named_set(settings, name)
+    task_id = name.partition(SEPARATOR)[0]
     local_root = settings.root_storage().local_root
     if task_id and local_root is not None and (local_root / task_id).is_symlink():
         raise VerifyError(f"no backup set called {name!r}")  # as list_sets: links are not followed
     if not _plain_file(ref.storage, ref.manifest):
         raise VerifyError(f"no backup set called {name!r}")
     return ref, load_manifest(ref)
+
+
+def named_set(settings: Settings, name: str) -> SetRef:
+    """Where the set called `name` is, whether or not it exists; `VerifyError` for a name
+    no set can have."""
+    task_id, sep, timestamp = name.partition(SEPARATOR)
+    if not sep or not timestamp or not STAMP.fullmatch(timestamp) or len(name) > 200:
+        raise VerifyError(f"no backup set called {name[:100]!r}")
+    if task_id and not _is_task_id(task_id):
+        raise VerifyError(f"no backup set called {name!r}")
+    return SetRef(settings.backup_storage(task_id or None), manifest_name(timestamp))
+
+
+def set_ref(settings: Settings, where: str) -> SetRef:
+    """The set `where` names: its name as the list shows it (`<task_id>~<timestamp>`), or
+    its manifest's path or URL (never a directory: which set is meant must be explicit)."""
+    if SEPARATOR in where and "/" not in where:
+        return named_set(settings, where)  # a name never holds a slash, a path may hold a ~
+    if not fnmatch.fnmatchcase(where.rsplit("/", 1)[-1], MANIFEST_GLOB):
+        raise VerifyError(
+            f"{where[:200]!r} is neither a set's name (<task_id>~<timestamp>) nor a {MANIFEST_GLOB} file"
+        )
+    return locate(where, settings.vector.backup_temp_suffix)
 
 
 def task_exists(settings: Settings, task_id: str) -> bool:
@@ -111,6 +134,7 @@ def _plain_file(storage: Any, name: str) -> bool:
 def _summary(task_id: str | None, ref: SetRef) -> SetSummary:
     manifest = load_manifest(ref)
     timestamp = ref.timestamp
+    pin = read_pin(ref.storage, timestamp)
     tables = {
         table: {"file": entry.get("file"), "rows": entry.get("rows"), "bytes": entry.get("bytes")}
         for table, entry in manifest["tables"].items()
@@ -123,6 +147,8 @@ def _summary(task_id: str | None, ref: SetRef) -> SetSummary:
         run_id=manifest.get("run_id"),
         tables=tables,
         files=[ref.manifest, *(t["file"] for t in tables.values())],
+        pinned=pin is not None,
+        pin=pin,
     )
 
 

@@ -83,9 +83,9 @@ def still_running_message(run_id: str, timeout: float) -> str:
     return f"still running after {timeout:g}s; {follow_hint(run_id)}"
 
 
-def status_line(status: Mapping[str, Any]) -> str:
-    """`<run id>  <task id>  <database>  <state>  started ...  heartbeat ...  <tables>`, one line,
-    then the reason, if any, on the next."""
+def status_line(status: Mapping[str, Any], pinned: bool = False) -> str:
+    """`<run id>  <task id>  <database>  <state>  started ...  heartbeat ...  <tables>`, one line
+    (ending in `pinned` when the run's set is), then the reason, if any, on the next."""
     db = status.get("database") or {}
     where = DatabaseTarget.from_parts(**db).describe() if db else "-"
     tables = "; ".join(
@@ -95,7 +95,7 @@ def status_line(status: Mapping[str, Any]) -> str:
     line = (
         f"{status['run_id']}  {status.get('task_id') or '-'}  {where}  {status['state']}  "
         f"started {_when(status.get('started_at'))}  heartbeat {_when(status.get('heartbeat_at'))}  "
-        f"{tables or '-'}"
+        f"{tables or '-'}{'  pinned' if pinned else ''}"
     )
     return line + (f"\n    {status['reason']}" if status.get("reason") else "")
 
@@ -165,6 +165,21 @@ def verified_lines(manifest: Mapping[str, Any], manifest_path: str | os.PathLike
         for table, entry in manifest["tables"].items()
     ]
     return [*lines, f"✓ {os.fspath(manifest_path).rsplit('/', 1)[-1]} verifies"]
+
+
+def pinned_message(name: str, pin: Mapping[str, Any]) -> str:
+    why = f" ({pin['reason']})" if pin.get("reason") else ""
+    return f"✓ backup set {name} pinned{why}: retention keeps it until `python -m worker unpin {name}`"
+
+
+def unpinned_message(name: str, was_pinned: bool) -> str:
+    if not was_pinned:
+        return f"backup set {name} was not pinned; nothing to do"
+    return f"✓ backup set {name} unpinned: retention's rules apply to it again"
+
+
+def no_set_message(name: str, location: str) -> str:
+    return f"✗ no backup set {name} in {location}, and no pin of one; nothing to do"
 
 
 def restored_lines(done: Mapping[str, Any], target: DatabaseTarget, mode: str) -> list[str]:

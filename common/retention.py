@@ -1,9 +1,10 @@
 """Retention: which backup sets of one directory to remove, and removing them.
 
-A set is kept when it is among the newest `keep` sets, or younger than `max_age_days`
-(each rule off at 0), or it is the newest set that verifies, or a run may still be
-using it, or one of its files is being written. Everything else is removed, manifest
-first, so a set interrupted half-way is never mistaken for a complete one.
+A set is kept when it is pinned (`common.pins`), or among the newest `keep` sets, or
+younger than `max_age_days` (each rule off at 0), or it is the newest set that verifies,
+or a run may still be using it, or one of its files is being written. Everything else is
+removed, manifest first, so a set interrupted half-way is never mistaken for a complete
+one. A pin is not one of the set's files: it stays with the set it keeps.
 
 Uploads idle for more than `pending_upload_max_age_s` (multipart uploads in object
 storage, temp files in a directory) are of runs that died or could not abort them: they
@@ -22,6 +23,7 @@ from typing import Any
 
 from common.exceptions import VerifyError
 from common.manifest import MANIFEST_GLOB, SetRef, load_manifest, manifest_timestamp, verify_set
+from common.pins import is_pinned
 from common.storage import as_storage
 
 log = logging.getLogger(__name__)
@@ -59,14 +61,19 @@ def sets_to_remove(
     signing_key: str | None = None,
 ) -> list[SetOnDisk]:
     now = time.time() if now is None else now
-    sets = sets_in(as_storage(directory))
+    storage = as_storage(directory)
+    sets = sets_in(storage)
     keep = {s.timestamp for s in sets[: policy.keep]} if policy.keep > 0 else set()
     if policy.max_age_days > 0:
         keep |= {s.timestamp for s in sets if now - s.created < policy.max_age_days * 86400}
     newest_good = next((s for s in sets if _verifies(s.ref, signing_key)), None)
     if newest_good is not None:
         keep.add(newest_good.timestamp)
-    return [s for s in sets if s.timestamp not in keep and not in_use(s.timestamp)]
+    return [
+        s
+        for s in sets
+        if s.timestamp not in keep and not in_use(s.timestamp) and not _kept_pinned(storage, s.timestamp)
+    ]
 
 
 def apply_retention(
@@ -87,7 +94,9 @@ def apply_retention(
     removed = []
     for old in sets_to_remove(storage, policy, in_use, signing_key=signing_key):
         if storage.pending(f"*_{glob.escape(old.timestamp)}.*"):
-            continue  # something is being written for this set right now
+            continue  # something is being written for this set right now (a file, or its pin)
+        if _kept_pinned(storage, old.timestamp):
+            continue  # pinned since it was judged: verifying the sets may have taken minutes
         files = _files_of(old.ref)
         storage.delete(old.ref.manifest)
         for name in files:
@@ -112,6 +121,14 @@ def abort_stale_uploads(storage: Any, max_age_s: float) -> list[str]:
             ", ".join(aborted),
         )
     return aborted
+
+
+def _kept_pinned(storage: Any, timestamp: str) -> bool:
+    """Whether the set is pinned, logged when it is: the pin is all that keeps it."""
+    if not is_pinned(storage, timestamp):
+        return False
+    log.info("retention kept backup set %s in %s: it is pinned", timestamp, storage.location)
+    return True
 
 
 def _files_of(ref: SetRef) -> list[str]:

@@ -17,6 +17,7 @@ from common.catalog import find_set, list_sets, open_set_file
 from common.config import ApiSettings, Settings, load_api_settings, load_settings
 from common.drill import last_drill
 from common.exceptions import ConfigurationError, VerifyError
+from common.pins import read_pin
 from common.redis_conn import redis_client
 from worker import api_http, envelope, metrics
 from worker.api_http import reply
@@ -56,9 +57,9 @@ def create_app(
             ref, manifest = find_set(settings, set_name)
         except VerifyError as exc:
             return reply(envelope.not_found_response(str(exc)[:300]))
-        return reply(
-            envelope.success_response({"response": ref.manifest, "set": set_name, "manifest": manifest})
-        )
+        pin = read_pin(ref.storage, ref.timestamp)
+        data = {"response": ref.manifest, "set": set_name, "pinned": pin is not None, "pin": pin}
+        return reply(envelope.success_response({**data, "manifest": manifest}))
 
     @web.get(f"{PREFIX}/backups/<set_name>/files/<file_name>")
     def download(set_name: str, file_name: str):

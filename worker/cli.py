@@ -141,17 +141,74 @@ def cancel(run_id):
 @json_option
 def runs(limit, as_json):
     """Recent runs: id, task id, database, state, started, last heartbeat, tables."""
-    from tasks.client.runs import recent_runs
+    from tasks.client.runs import pinned_runs, recent_runs
 
     found = recent_runs(limit)
+    pinned = pinned_runs(found)
     if as_json:
-        click.echo(json.dumps({"runs": found}, ensure_ascii=False))
+        shown = [{**status, "pinned": status["run_id"] in pinned} for status in found]
+        click.echo(json.dumps({"runs": shown}, ensure_ascii=False))
         return
     if not found:
         click.echo("no runs recorded")
         return
     for status in found:
-        click.echo(output.status_line(status))
+        click.echo(output.status_line(status, pinned=status["run_id"] in pinned))
+
+
+set_argument = click.argument("where", metavar="SET")
+
+
+@cli.command()
+@set_argument
+@click.option("--reason", help="Why it is kept (one line, at most 500 characters); the list API shows it.")
+def pin(where, reason):
+    """Keep a backup set from retention until it is unpinned.
+
+    SET is a set's name as the list API shows it (`<task_id>~<timestamp>`, or
+    `~<timestamp>` for <root>/vector_bak), or its manifest's path or s3:// URL. Pinning
+    a pinned set replaces its reason. Exit 1 if there is no such set.
+    """
+    from common.catalog import set_ref
+    from common.config import load_settings
+    from common.exceptions import ConfigurationError
+    from common.pins import pin as pin_set
+
+    try:
+        ref = set_ref(load_settings(), where)
+        done = pin_set(ref.storage, ref.timestamp, reason)
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+    except (VectorBackupError, OSError) as exc:
+        click.echo(f"✗ {exc}")
+        sys.exit(1)
+    click.echo(output.pinned_message(where, done))
+
+
+@cli.command()
+@set_argument
+def unpin(where):
+    """Let retention's rules apply to a pinned backup set again.
+
+    SET as for `pin`. Exit 1 if there is neither such a set nor a pin of one.
+    """
+    from common.catalog import set_ref
+    from common.config import load_settings
+    from common.exceptions import ConfigurationError
+    from common.pins import unpin as unpin_set
+
+    try:
+        ref = set_ref(load_settings(), where)
+        was_pinned = unpin_set(ref.storage, ref.timestamp)
+        if not was_pinned and ref.storage.stat(ref.manifest) is None:
+            click.echo(output.no_set_message(where, ref.storage.location))
+            sys.exit(1)
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+    except (VectorBackupError, OSError) as exc:
+        click.echo(f"✗ {exc}")
+        sys.exit(1)
+    click.echo(output.unpinned_message(where, was_pinned))
 
 
 @cli.command()

@@ -70,6 +70,46 @@ ACCEPTED_DATA = {
     },
 }
 GENERIC_DATA = {"type": "object", "required": ["response", "timestamp"]}
+NULLABLE_TEXT = {"type": ["string", "null"]}
+PIN = {
+    "type": ["object", "null"],
+    "description": "null when not pinned; `problem` says why a present pin file could not be read "
+    "(the set is pinned all the same)",
+    "required": ["pinned_at", "reason", "problem"],
+    "properties": {"pinned_at": NULLABLE_TEXT, "reason": NULLABLE_TEXT, "problem": NULLABLE_TEXT},
+}
+PINNED = {"type": "boolean", "description": "retention never removes a pinned set (python -m worker pin)"}
+SET_SUMMARY = {
+    "type": "object",
+    "required": ["set", "task_id", "timestamp", "tables", "files", "pinned", "pin"],
+    "properties": {
+        "set": {"type": "string"},
+        "task_id": NULLABLE_TEXT,
+        "timestamp": {"type": "string"},
+        "created_at": NULLABLE_TEXT,
+        "run_id": NULLABLE_TEXT,
+        "tables": {"type": "object"},
+        "files": {"type": "array", "items": {"type": "string"}},
+        "pinned": PINNED,
+        "pin": PIN,
+    },
+}
+SETS_DATA = {
+    "type": "object",
+    "required": ["response", "sets", "timestamp"],
+    "properties": {"response": {"type": "string"}, "sets": {"type": "array", "items": SET_SUMMARY}},
+}
+SET_DATA = {
+    "type": "object",
+    "required": ["response", "set", "pinned", "pin", "manifest", "timestamp"],
+    "properties": {
+        "response": {"type": "string"},
+        "set": {"type": "string"},
+        "pinned": PINNED,
+        "pin": PIN,
+        "manifest": {"type": "object"},
+    },
+}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -92,12 +132,14 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): _json(_envelope(ERROR_DATA, False), text[c]) for c in codes}
 
 
-def _get(summary: str, params: list[str], found: str | None, *errors: int) -> dict[str, Any]:
+def _get(
+    summary: str, params: list[str], found: str | None, *errors: int, data: dict[str, Any] = GENERIC_DATA
+) -> dict[str, Any]:
     """A GET operation with string path parameters; `found` None means a file download."""
     ok = (
         {"description": "the file", "content": {"application/octet-stream": {}}}
         if found is None
-        else _json(_envelope(GENERIC_DATA, True), found)
+        else _json(_envelope(data, True), found)
     )
     parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in params]
     return {
@@ -165,9 +207,20 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 },
             },
-            f"{PREFIX}/backups": _get("Backup sets under the task root, newest first", [], "the sets", 401),
+            f"{PREFIX}/backups": _get(
+                "Backup sets under the task root, newest first, each with whether it is pinned",
+                [],
+                "the sets",
+                401,
+                data=SETS_DATA,
+            ),
             f"{PREFIX}/backups/{{set_name}}": _get(
-                "One set's manifest", ["set_name"], "the manifest", 401, 404
+                "One set's manifest and whether it is pinned",
+                ["set_name"],
+                "the manifest",
+                401,
+                404,
+                data=SET_DATA,
             ),
             f"{PREFIX}/backups/{{set_name}}/files/{{file_name}}": _get(
                 "Download one file of a set (streamed)", ["set_name", "file_name"], None, 401, 404

@@ -10,9 +10,10 @@ from celery.result import AsyncResult
 
 from common import output, run_keys
 from common.config import Settings, load_settings
-from common.exceptions import ConfigurationError, RunNotCancellable
+from common.exceptions import ConfigurationError, RunNotCancellable, VectorBackupError
+from common.pins import is_pinned
 from common.redis_conn import redis_client, run_states
-from common.run_state import RunStatus
+from common.run_state import SUCCEEDED, RunStatus
 from tasks import names
 from tasks.app import app
 
@@ -39,6 +40,24 @@ def run_status(run_id: str, settings: Settings | None = None) -> RunStatus | Non
 def recent_runs(limit: int = 20, settings: Settings | None = None) -> list[RunStatus]:
     """The newest runs first, each judged for liveness."""
     return run_states(settings or load_settings()).recent(limit)
+
+
+def pinned_runs(statuses: list[RunStatus], settings: Settings | None = None) -> set[str]:
+    """The ids of the runs among `statuses` whose backup set is pinned: one read of the run's
+    record and one look-up in its storage per succeeded run. A run whose record expired or
+    whose storage cannot be read shows no pin: this only decorates a listing."""
+    settings = settings or load_settings()
+    pinned = set()
+    for status in statuses:
+        record = run_record(status["run_id"], settings) if status.get("state") == SUCCEEDED else None
+        if not record or not record.get("timestamp"):
+            continue
+        try:
+            if is_pinned(settings.backup_storage(record.get("task_id")), record["timestamp"]):
+                pinned.add(status["run_id"])
+        except VectorBackupError:
+            continue
+    return pinned
 
 
 def cancel_run(run_id: str, settings: Settings | None = None) -> RunStatus:
