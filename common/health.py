@@ -18,6 +18,7 @@ from typing import Any
 from common.db import connect
 from common.exceptions import VectorBackupError, VerifyError
 from common.manifest import load_manifest, verify_set
+from common.pins import is_pinned
 from common.retention import sets_in
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -109,6 +110,14 @@ def leftovers(storage: Any, stale_s: float = STALE_PENDING_S) -> Check:
             f"{len(stale)} unfinished file(s) in {storage.location}: {', '.join(stale[:5])}",
         )
     return Check("leftovers", OK, f"no unfinished file in {storage.location}")
+
+
+def pins(storage: Any) -> Check:
+    """The pinned sets, which retention never removes (informational)."""
+    pinned = [found.timestamp for found in sets_in(storage) if is_pinned(storage, found.timestamp)]
+    if not pinned:
+        return Check("pins", OK, f"no set is pinned in {storage.location}")
+    return Check("pins", OK, f"{len(pinned)} pinned, kept by retention: {', '.join(pinned[:10])}")
 
 
 def _newest_set_bytes(storage: Any) -> int:

@@ -51,11 +51,11 @@ def test_check_on_a_healthy_stack_then_an_old_a_corrupted_set_and_no_worker(stor
         assert healthy.returncode == 0, healthy.stdout + healthy.stderr
         assert set(lines(healthy)) == {
             "broker", "workers", "beat", "nightly run", "database", "newest set", "free space", "leftovers",
-            "restore drill",
+            "restore drill", "pins",
         }  # fmt: skip
         assert all(line.startswith("OK: ") for line in lines(healthy).values())
         as_json = json.loads(cli(env, "check", "--json").stdout)
-        assert as_json["status"] == "OK" and as_json["code"] == 0 and len(as_json["checks"]) == 9
+        assert as_json["status"] == "OK" and as_json["code"] == 0 and len(as_json["checks"]) == 10
 
         time.sleep(1.5)
         old = cli({**env, "VECTOR_CHECK_MAX_AGE": "1s"}, "check")

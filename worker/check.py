@@ -38,6 +38,7 @@ def run_checks(settings: Settings | None = None, schedules: Schedules | None = N
             health.newest_good_set(storage, settings.check_max_age_s, settings.signing_key),
             health.free_space(storage),
             health.leftovers(storage),
+            health.pins(storage),
         ]
     except VectorBackupError as exc:
         checks.append(Check("storage", CRITICAL, str(exc)))
