@@ -294,3 +294,13 @@ def test_the_restore_task_takes_collections(store, task_id, task_root):
     assert row_versions(store.conn, "beta") == beta
     with pytest.raises(RestoreError, match="mode 'append' does not apply"):
         restore_backup_set.delay(relative, "append", collections=["docs"]).get(timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [(("--mode", "append"), "--mode append does not apply"), (("--jobs", "2"), "--jobs does not apply")],
+)
+def test_collection_with_append_or_jobs_is_a_usage_error(services, extra, why):
+    done = worker_cli("restore", "anywhere", "--collection", "docs", *extra)
+
+    assert done.returncode == 2 and why in done.stderr, done.stdout + done.stderr
