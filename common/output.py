@@ -194,3 +194,22 @@ def restored_lines(done: Mapping[str, Any], target: DatabaseTarget, mode: str) -
         f"✓ {done['manifest']} restored into {target.describe()} "
         f"({mode}, {done.get('strategy', 'in place')}) in {done['duration']:.1f}s",
     ]
+
+
+def collections_restored_lines(done: Mapping[str, Any], target: DatabaseTarget) -> list[str]:
+    """A line per collection restored (its rows, and what became of the live one), then
+    where the set went."""
+    lines = []
+    for name, outcome in done["collections"].items():
+        if outcome["added"]:
+            then = "added: it was not in the store"
+        else:
+            again = ", re-created there since, now under the set's uuid" if outcome["recreated"] else ""
+            then = f"replaced {outcome['removed']:,} live rows{again}"
+        lines.append(f"✓ collection {name!r}: {outcome['rows']:,} rows restored ({then})")
+    return [
+        *lines,
+        f"✓ {done['manifest']}: {len(done['collections'])} collection(s) restored into "
+        f"{target.describe()} (in place, one transaction; other collections untouched) "
+        f"in {done['duration']:.1f}s",
+    ]

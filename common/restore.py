@@ -35,8 +35,26 @@ class RestoreResult(TypedDict):
     duration: float
 
 
-# Two restores into one database would race for the staging tables' names.
+# Two restores into one database would race for the staging tables' names, or replace
+# collections in tables being swapped away.
 _RESTORE_LOCK = 0x7665_6374_7273  # pg_advisory_lock key, any constant of our own
+
+
+@contextlib.contextmanager
+def restore_lock(conn: Connection) -> Iterator[None]:
+    """Hold the database's restore lock on `conn` (in autocommit) for the block; raise
+    `RestoreError` at once, having changed nothing, while another restore holds it."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s)", (_RESTORE_LOCK,))
+        if not cur.fetchone()[0]:
+            raise RestoreError("another restore into this database is running; nothing was restored")
+    try:
+        yield
+    finally:
+        # A connection that died took its session's lock with it.
+        if not conn.closed:
+            with contextlib.suppress(psycopg2.Error), conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (_RESTORE_LOCK,))
 
 
 def restore_set(
@@ -70,15 +88,12 @@ def restore_set(
     # COPY parses the rows and each file is hashed as COPY reads it: counts and sha256
     # are compared below, before anything commits, so each file is read once.
     manifest = verify_set(ref, deep=False, signing_key=settings.signing_key, hash_files=False)
-    tables = _configured_tables(ref, manifest, settings.vector.supported_tables)
+    tables = configured_tables(ref, manifest, settings.vector.supported_tables)
     conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_try_advisory_lock(%s)", (_RESTORE_LOCK,))
-        if not cur.fetchone()[0]:
-            raise RestoreError("another restore into this database is running; nothing was restored")
-        # Before reading any table description: the types it names must exist.
-        cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    try:
+    with restore_lock(conn):
+        with conn.cursor() as cur:
+            # Before reading any table description: the types it names must exist.
+            cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
         try:
             staged = staging.plan(conn, tables, manifest) if mode == "replace" else "append"
         except psycopg2.Error as exc:
@@ -90,10 +105,6 @@ def restore_set(
         else:
             restored, loaders = _swapped(conn, ref, tables, staged, settings.restore, jobs, connect)
             created, strategy = [s.table for s in staged if s.oid is None], "swap"
-    finally:
-        if not conn.closed:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (_RESTORE_LOCK,))
     return RestoreResult(
         manifest=ref.manifest,
         mode=mode,
@@ -152,7 +163,7 @@ def _timed(step: Step) -> Iterator[None]:
     log.info("restore: %s took %.2fs", step.now, time.monotonic() - started)
 
 
-def _configured_tables(ref: SetRef, manifest: dict[str, Any], configured: tuple[str, ...]) -> dict[str, Any]:
+def configured_tables(ref: SetRef, manifest: dict[str, Any], configured: tuple[str, ...]) -> dict[str, Any]:
     """The manifest's entries for exactly the configured tables, in their order."""
     listed = set(manifest["tables"])
     if listed != set(configured):

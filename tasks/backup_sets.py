@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from common.collection_restore import CollectionRestoreResult, restore_collections
 from common.config import Settings, load_settings
 from common.db import connect
-from common.exceptions import ConfigurationError
+from common.exceptions import ConfigurationError, RestoreError
 from common.manifest import verify_set
 from common.restore import RestoreResult, restore_set
 from tasks import names
@@ -39,19 +40,20 @@ def verify_backup_set(path: str) -> dict[str, Any]:
 
 
 @app.task(name=names.RESTORE_SET)
-def restore_backup_set(path: str, mode: str = "replace", jobs: int | None = None) -> RestoreResult:
+def restore_backup_set(
+    path: str, mode: str = "replace", jobs: int | None = None, collections: list[str] | None = None
+) -> RestoreResult | CollectionRestoreResult:
     """Verify, then restore the set at `path` into the worker's configured database
-    (`jobs` loaders, default `VECTOR_RESTORE_JOBS`)."""
+    (`jobs` loaders, default `VECTOR_RESTORE_JOBS`); with `collections`, only those
+    LangChain collections, in place (`common.collection_restore`)."""
     settings = load_settings()
+    if collections is not None and mode != "replace":
+        raise RestoreError("restoring collections replaces them; mode 'append' does not apply")
+    where = inside_task_root(settings, path)
     conn = connect(settings.database)
     try:
-        return restore_set(
-            conn,
-            inside_task_root(settings, path),
-            mode,
-            settings,
-            jobs=jobs,
-            connect=lambda: connect(settings.database),
-        )
+        if collections is not None:
+            return restore_collections(conn, where, collections, settings)
+        return restore_set(conn, where, mode, settings, jobs=jobs, connect=lambda: connect(settings.database))
     finally:
         conn.close()

@@ -278,29 +278,48 @@ def export_csv(path, out):
     default=None,
     help="Connections loading each large file together [default: VECTOR_RESTORE_JOBS, the cores].",
 )
-def restore(path, db_connection, mode, jobs):
+@click.option(
+    "--collection",
+    "collections",
+    multiple=True,
+    metavar="NAME",
+    help="Restore only this LangChain collection (repeatable), in place; the others stay as they are.",
+)
+def restore(path, db_connection, mode, jobs, collections):
     """Verify a backup set, then restore it with COPY FROM: every table or none.
 
     PATH is a backup directory (its newest set) or one set's manifest_*.json. Missing
     tables (and the vector extension) are created from the manifest. replace loads
     staging tables, builds their indexes, then swaps them in: searches keep answering
-    from the old rows until that short swap.
+    from the old rows until that short swap. With --collection, only the named
+    collections and their embeddings are replaced, in one transaction.
     """
+    from common.collection_restore import restore_collections
     from common.config import load_settings
     from common.db import DatabaseTarget, connect
     from common.restore import restore_set
 
+    if collections and mode != "replace":
+        raise click.UsageError("--collection replaces collections; --mode append does not apply")
+    if collections and jobs is not None:
+        raise click.UsageError("--collection loads through one connection; --jobs does not apply")
     try:
         target = DatabaseTarget.from_url(db_connection) if db_connection else load_settings().database
         conn = connect(target)
         try:
-            done = restore_set(conn, path, mode, jobs=jobs, connect=lambda: connect(target))
+            if collections:
+                done = restore_collections(conn, path, list(collections))
+            else:
+                done = restore_set(conn, path, mode, jobs=jobs, connect=lambda: connect(target))
         finally:
             conn.close()
     except VectorBackupError as exc:
         click.echo(f"✗ restore refused or failed, nothing was written: {exc}")
         sys.exit(1)
-    click.echo("\n".join(output.restored_lines(done, target, mode)))
+    if collections:
+        click.echo("\n".join(output.collections_restored_lines(done, target)))
+    else:
+        click.echo("\n".join(output.restored_lines(done, target, mode)))
 
 
 @cli.command()
