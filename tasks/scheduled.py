@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
+from common import run_keys
 from common.config import TASK_ID_PATTERN, load_schedules, load_settings
 from common.exceptions import VectorBackupError
 from common.redis_conn import redis_client
@@ -18,7 +20,10 @@ log = logging.getLogger(__name__)
 @app.task(name=names.NIGHTLY_BACKUP)
 def nightly_backup() -> EnqueueResult:
     """A backup-only run into `<root>/vector_bak/`, through the same run lock as any run."""
-    return enqueue_vector_management(None, backup=True)
+    answer = enqueue_vector_management(None, backup=True)
+    # What `tasks.client.checks.missed_nightly_backup` reads: a run was sent (or joined) now.
+    redis_client(load_settings().runs.redis_url).set(run_keys.NIGHTLY_SENT, repr(time.time()))
+    return answer
 
 
 @app.task(name=names.APPLY_RETENTION)
