@@ -41,7 +41,7 @@ result_extended = True
 broker_connection_retry_on_startup = True
 
 timezone = os.environ.get("CELERY_TIMEZONE", "UTC")
-include = ["tasks.vector_backup", "tasks.backup_sets", "tasks.scheduled"]
+include = ["tasks.vector_backup", "tasks.backup_sets", "tasks.scheduled", "tasks.alerts"]
 
 
 def _schedule(value: str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,6 +360,9 @@ class Schedules:
     # Restore drills (`common.drill`): into this scratch database, off when unset.
     drill_db_url: str | None = field(default=None, repr=False)
     drill: str = "0 4 * * *"
+    # The nightly backup counts as missed once its scheduled time is this far past and no
+    # nightly run was sent (beat's entry expires after an hour: a task that late is dropped).
+    backup_grace_s: float = 7200.0
 
 
 def load_schedules(env: Mapping[str, str] | None = None) -> Schedules:
@@ -375,10 +379,71 @@ def load_schedules(env: Mapping[str, str] | None = None) -> Schedules:
         ),
         drill_db_url=env.get("VECTOR_DRILL_DB_URL") or None,
         drill=env.get("VECTOR_DRILL_SCHEDULE") or Schedules.drill,
+        backup_grace_s=float(_number(env, "VECTOR_BACKUP_GRACE", Schedules.backup_grace_s, float)),
     )
     if schedules.keep < 0 or schedules.max_age_days < 0 or schedules.pending_upload_max_age_s < 0:
         raise ConfigurationError(
             "VECTOR_RETENTION_KEEP, VECTOR_RETENTION_DAYS and VECTOR_PENDING_UPLOAD_MAX_AGE "
             "must not be negative"
         )
+    if schedules.backup_grace_s <= 0:
+        raise ConfigurationError("VECTOR_BACKUP_GRACE must be a positive number of seconds")
     return schedules
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Where and how alerts are posted (`common.alerts`); off without a webhook."""
+
+    # A webhook URL may carry a secret in its path (Slack, Teams): never shown.
+    webhook: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    timeout_s: float = 5.0
+    retries: int = 8
+    backoff_s: float = 2.0
+    backoff_max_s: float = 600.0
+
+
+def load_alert_settings(env: Mapping[str, str] | None = None) -> AlertSettings:
+    """`VECTOR_ALERT_WEBHOOK`, `VECTOR_ALERT_WEBHOOK_TOKEN`, `VECTOR_ALERT_TIMEOUT`,
+    `VECTOR_ALERT_RETRIES`, `VECTOR_ALERT_BACKOFF`."""
+    env = os.environ if env is None else env
+    token = env.get("VECTOR_ALERT_WEBHOOK_TOKEN") or None
+    if token is not None and (token.startswith(PLACEHOLDER) or not token.isprintable() or " " in token):
+        raise ConfigurationError(
+            "VECTOR_ALERT_WEBHOOK_TOKEN must be one printable word that is not .env.example's placeholder"
+        )
+    alerts = AlertSettings(
+        webhook=_webhook(env.get("VECTOR_ALERT_WEBHOOK", "").strip() or None),
+        token=token,
+        timeout_s=float(_number(env, "VECTOR_ALERT_TIMEOUT", AlertSettings.timeout_s, float)),
+        retries=int(_number(env, "VECTOR_ALERT_RETRIES", AlertSettings.retries)),
+        backoff_s=float(_number(env, "VECTOR_ALERT_BACKOFF", AlertSettings.backoff_s, float)),
+    )
+    if not 0 < alerts.timeout_s <= 60 or not 0 <= alerts.retries <= 20 or alerts.backoff_s <= 0:
+        raise ConfigurationError(
+            "VECTOR_ALERT_TIMEOUT must be between 0 and 60 seconds, VECTOR_ALERT_RETRIES between "
+            "0 and 20, VECTOR_ALERT_BACKOFF a positive number of seconds"
+        )
+    return alerts
+
+
+def _webhook(url: str | None) -> str | None:
+    """An http(s) URL with a host and no user or password. The refusal never repeats the
+    value: a user, a password or a secret path would land in a log."""
+    if url is None:
+        return None
+    refused = ConfigurationError(
+        "VECTOR_ALERT_WEBHOOK must be an http:// or https:// URL with a host and without a "
+        "user or password (send a token with VECTOR_ALERT_WEBHOOK_TOKEN)"
+    )
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        raise refused from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        raise refused
+    if not url.isprintable() or " " in url:
+        raise refused
+    return url

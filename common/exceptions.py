@@ -81,3 +81,20 @@ class RunEndedError(RunFailedError):
 
 class RunNotCancellable(VectorBackupError):
     """The run has ended (or is truncating, one short transaction): nothing to cancel."""
+
+
+class AlertDeliveryError(VectorBackupError):
+    """The alert webhook did not take an alert. ``transient`` (unreachable, timed out, 5xx,
+    408, 429): worth trying again. The message never holds the webhook's URL, which may
+    carry a secret in its path.
+
+    Both arguments go into ``args`` so the error survives Celery's JSON serialization.
+    """
+
+    def __init__(self, message: str, transient: bool = True) -> None:
+        super().__init__(message, transient)
+        self.message = message
+        self.transient = transient
+
+    def __str__(self) -> str:
+        return self.message

@@ -7,6 +7,7 @@ import functools
 
 import redis
 
+from common import alerts
 from common.config import Settings
 from common.run_state import RunStates
 
@@ -18,5 +19,7 @@ def redis_client(url: str) -> redis.Redis:
 
 
 def run_states(settings: Settings) -> RunStates:
-    """The recorded states of runs, through the configured Redis."""
-    return RunStates(redis_client(settings.runs.redis_url), settings.runs)
+    """The recorded states of runs, through the configured Redis; a run that fails or is
+    abandoned is announced by whoever records it (`common.alerts`)."""
+    client = redis_client(settings.runs.redis_url)
+    return RunStates(client, settings.runs, on_end=functools.partial(alerts.run_ended, settings, client))

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import Any
 
 RUNS_INDEX = "vector:runs"  # recent runs, scored by request time
-NIGHTLY_SENT = "vector:beat:nightly-sent"  # when beat's nightly backup last reached a worker
 LAST_CHECK = "vector:check:last"  # the last `check`'s exit code and time, for /metrics
 LAST_DRILL = "vector:drill:last"  # the last restore drill's result (state, set, duration, time)
 
@@ -56,3 +55,12 @@ def stamp(directory: object, timestamp: str) -> str:
 def split(run_id: str, table: str) -> str:
     """Prefix of a range-split table's coordination keys (holder, plan, claims, outcomes)."""
     return f"vector:split:{run_id}:{table}"
+
+
+def alert(event: str, subject: str) -> str:
+    """An alert sent once: `event` (run_failed, …) about `subject` (a run id, a drill, a
+    missed schedule time), claimed with SET NX by whoever sends it."""
+    return f"vector:alert:{event}:{subject}"
+
+
+NIGHTLY_SENT = "vector:nightly-sent"  # when beat's nightly backup last sent (or joined) a run

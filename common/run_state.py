@@ -10,12 +10,14 @@ database) records it as abandoned and frees its database lock. A run between two
 (no task running) is waiting for a worker, not dead.
 
 Every transition is one Lua script, so two observers never both win one: ten clients
-and a redelivered task may judge the same run at once.
+and a redelivered task may judge the same run at once. The one whose script recorded the
+run's end calls `on_end` with the run's record (alerts hang there: `common.alerts`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
@@ -27,6 +29,7 @@ from common import run_scripts as scripts
 from common.config import RunControl
 from common.run_lock import lock_name
 
+log = logging.getLogger(__name__)
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, CANCELLED, ABANDONED = "succeeded", "failed", "cancelled", "abandoned"
 LIVE = (QUEUED, RUNNING)
@@ -55,19 +58,28 @@ class RunStatus(TypedDict, total=False):
 
 
 class RunStates:
-    """The state records of runs, in the run lock's Redis."""
+    """The state records of runs, in the run lock's Redis.
 
-    def __init__(self, client: redis.Redis, control: RunControl) -> None:
-        self.client, self.control = client, control
+    `on_end(status)` is called once per run, by the observer that recorded its end
+    (succeeded, failed, cancelled or abandoned); its errors are logged, never raised.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        control: RunControl,
+        on_end: Callable[[RunStatus], None] | None = None,
+    ) -> None:
+        self.client, self.control, self.on_end = client, control, on_end
         self._scripts = {
             name: client.register_script(source)
             for name, source in (
-                ("judge", scripts.JUDGE + "return judge()"),
-                ("begin", scripts.BEGIN),
+                ("judge", scripts.judging(scripts.JUST_JUDGE)),
+                ("begin", scripts.judging(scripts.BEGIN)),
                 ("beat", scripts.BEAT),
                 ("end", scripts.END),
-                ("finish", scripts.FINISH),
-                ("cancel", scripts.CANCEL),
+                ("finish", scripts.judging(scripts.FINISH)),
+                ("cancel", scripts.judging(scripts.CANCEL)),
                 ("truncating", scripts.TRUNCATING),
                 ("swap_claim", scripts.SWAP_CLAIM),
             )
@@ -99,7 +111,24 @@ class RunStates:
             return self._scripts[script](keys=self._keys(run_id), args=args)
 
         value = patiently(call, REDIS_PATIENCE_S if patience < 0 else patience)
+        if script in JUDGING:
+            # A reply lost after the script ran is retried by `patiently` and then finds
+            # the run already ended: that rare end goes unannounced (the record is right).
+            value, ended = value
+            if ended:
+                self._ended(run_id)
         return value.decode() if isinstance(value, bytes) else value
+
+    def _ended(self, run_id: str) -> None:
+        """This observer recorded the run's end: tell `on_end`, which must never fail the caller."""
+        if self.on_end is None:
+            return
+        try:
+            status = self._record(run_id)
+            if status is not None:
+                self.on_end(status)
+        except Exception as exc:  # noqa: BLE001 - an alert must never fail or stop a run
+            log.warning("run %s ended, but its end could not be announced: %s", run_id, type(exc).__name__)
 
     def _may_judge(self) -> bool:
         """Not in the first window after Redis restarted: every heartbeat key expired while
@@ -209,6 +238,10 @@ class RunStates:
     def status(self, run_id: str) -> RunStatus | None:
         """The run's record, judged for liveness first; None if unknown or expired."""
         self._call("judge", run_id, self._dead_reason(run_id))
+        return self._record(run_id)
+
+    def _record(self, run_id: str) -> RunStatus | None:
+        """The run's record as it is, not judged."""
         raw = patiently(lambda: self.client.hgetall(self._keys(run_id)[0]), REDIS_PATIENCE_S)
         if not raw or b"state" not in raw:
             return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from common import run_keys
+from common import alerts, run_keys
 from common.config import TASK_ID_PATTERN, load_schedules, load_settings
 from common.drill import record as record_drill
 from common.drill import run_drill, scratch_target
@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 @app.task(name=names.NIGHTLY_BACKUP)
 def nightly_backup() -> EnqueueResult:
     """A backup-only run into `<root>/vector_bak/`, through the same run lock as any run."""
-    settings = load_settings()
-    # `check` compares this with beat's schedule: a beat that stopped is noticed.
-    redis_client(settings.runs.redis_url).set(run_keys.NIGHTLY_SENT, time.time(), ex=40 * 86400)
-    return enqueue_vector_management(None, backup=True)
+    answer = enqueue_vector_management(None, backup=True)
+    # What `tasks.client.checks.missed_nightly_backup` reads: a run was sent (or joined) now.
+    redis_client(load_settings().runs.redis_url).set(run_keys.NIGHTLY_SENT, repr(time.time()))
+    return answer
 
 
 @app.task(name=names.APPLY_RETENTION)
@@ -71,7 +71,12 @@ def restore_drill() -> dict:
     if schedules.drill_db_url is None:
         return {"state": "off"}
     result = run_drill(settings, scratch_target(settings, schedules.drill_db_url))
-    record_drill(redis_client(settings.runs.redis_url), result)
+    client = redis_client(settings.runs.redis_url)
+    record_drill(client, result)
+    if result.state != "passed":
+        alerts.alert(
+            settings, client, alerts.DRILL_FAILED, str(result.at), error=result.detail, set=result.set
+        )
     log.log(
         logging.INFO if result.state == "passed" else logging.ERROR,
         "restore drill %s: %s",

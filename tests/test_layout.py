@@ -102,7 +102,8 @@ def test_no_task_module_imports_the_worker_package():
 
 
 def test_the_app_module_imports_no_task():
-    assert not any(within(t, "tasks", "worker") for t in imports("tasks.app"))
+    # `tasks.names` holds strings only: the app sends alerts to `vector.send_alert` by name.
+    assert not any(within(t, "tasks", "worker") for t in imports("tasks.app") - {"tasks.names"})
 
 
 def test_clients_never_reach_a_task_definition():

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from common import run_keys
 from common.config import load_schedules, load_settings
+from common.redis_conn import redis_client
 from common.retention import RetentionPolicy, apply_retention
 from common.run_result import RunRequest
 from common.run_steps import back_up_table, close_backup_set
+from tasks.client.checks import missed_nightly_backup
 from tests.processes import project_env, start_logged
 from worker.sample_store import add_awkward_rows
 
@@ -89,6 +92,10 @@ def test_celery_beat_on_a_seconds_schedule_produces_a_backup_set(store, task_roo
     add_awkward_rows(store.conn, store.kind, store.collection_id)
     nightly = task_root / "vector_bak"
     before = set(nightly.glob("manifest_*.json"))
+    settings = load_settings()
+    every_2s = load_schedules({"VECTOR_BACKUP_SCHEDULE": "2", "VECTOR_BACKUP_GRACE": "60"})
+    redis_client(settings.runs.redis_url).delete(run_keys.NIGHTLY_SENT)
+    assert missed_nightly_backup(settings, every_2s) is not None  # nothing shows one was sent
     log = tmp_path / "beat.log"
     beat = start_logged(
         ["-m", "celery", "-A", "worker", "beat", "-l", "info", "-s", str(tmp_path / "schedule")],
@@ -108,3 +115,4 @@ def test_celery_beat_on_a_seconds_schedule_produces_a_backup_set(store, task_roo
     assert "vector.nightly_backup" in log.read_text()
     stamp = sorted(new)[-1].name[len("manifest_") : -len(".json")]
     assert (nightly / f"langchain_pg_embedding_{stamp}.csv").is_file()
+    assert missed_nightly_backup(settings, every_2s) is None  # the nightly task recorded its send

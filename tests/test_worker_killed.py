@@ -17,6 +17,7 @@ import redis
 from common.config import load_settings
 from tests.processes import run_script, start_logged
 from tests.test_processes import isolated
+from tests.webhook import Webhook
 from worker.sample_store import add_bulk_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,12 @@ from tasks.pipeline import enqueue_vector_management, run_record, run_result
 answer = enqueue_vector_management(sys.argv[1], backup=True)
 print(answer["run_id"], flush=True)
 print(json.dumps(run_result(run_record(answer["run_id"])).get(timeout=float(sys.argv[2]))), flush=True)
+"""
+
+LOOK = """
+import sys
+from tasks.pipeline import run_status
+print(run_status(sys.argv[1])["state"])
 """
 
 
@@ -54,12 +61,14 @@ def test_after_sigkill_the_next_run_proceeds_once_the_liveness_window_passes(
             "CASE WHEN g = 60000 THEN pg_sleep(20)::text END AS pause FROM generate_series(1, 70000) g"
         )
     broker = isolated(services["CELERY_BROKER_URL"], 6)
+    webhook = Webhook()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "CELERY_BROKER_URL": broker,
         "CELERY_RESULT_BACKEND": broker,
         "VECTOR_LIVENESS_WINDOW": str(LIVENESS_WINDOW),
+        "VECTOR_ALERT_WEBHOOK": webhook.url,
     }
     lock_redis = redis.Redis.from_url(broker)
     lock_name = "vector:run-lock:{host}:{port}/{dbname}".format(**load_settings().database.identity)
@@ -87,7 +96,12 @@ def test_after_sigkill_the_next_run_proceeds_once_the_liveness_window_passes(
 
         second_worker = start_worker(env, log)
         next_run = run_script(SEND_AND_WAIT, task_id, "60", env=env)
+        # Its lock expired by itself; a client looking at it (`worker runs`, `follow`) finds
+        # it abandoned and sends the alert, which the live worker delivers.
+        looked = run_script(LOOK, slow_run, env=env)
+        abandoned = webhook.wait_for(slow_run, 1)
     finally:
+        webhook.stop()
         slow_client.kill()
         stop(first_worker, signal.SIGKILL)
         if second_worker is not None:
@@ -110,3 +124,6 @@ def test_after_sigkill_the_next_run_proceeds_once_the_liveness_window_passes(
     assert f"is busy with run {slow_run}" in log.read_text(), "the next run never waited for the lock"
     assert lock_redis.get(lock_name) is None
     assert not list((task_root / (task_id + "_slow") / "vector_bak").glob("*.csv"))
+    assert looked.stdout.strip() == "abandoned", looked.stderr
+    assert [p["body"]["event"] for p in abandoned] == ["run_abandoned"]
+    assert abandoned[0]["body"]["task_id"] == task_id + "_slow"

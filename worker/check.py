@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
-from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import redis
-from celery.schedules import crontab
 
 from common import health, run_keys
 from common.config import Schedules, Settings, load_schedules, load_settings
@@ -20,9 +16,7 @@ from common.drill import last_drill
 from common.exceptions import VectorBackupError
 from common.health import CRITICAL, OK, UNKNOWN, WARNING, Check
 from common.redis_conn import redis_client, run_states
-
-# Beat's nightly backup may run this late before it counts as missed.
-BEAT_GRACE_S = 15 * 60
+from tasks.client.checks import check_nightly_backup, missed_nightly_backup
 
 
 def run_checks(settings: Settings | None = None, schedules: Schedules | None = None) -> list[Check]:
@@ -30,7 +24,7 @@ def run_checks(settings: Settings | None = None, schedules: Schedules | None = N
     client = redis_client(settings.runs.redis_url)
     checks = [broker(client)]
     if checks[0].status == OK:
-        checks += [workers(), beat(client, schedules), nightly_run(settings)]
+        checks += [workers(), beat(settings, schedules), nightly_run(settings)]
     checks.append(health.database(settings))
     try:
         storage = settings.backup_storage()
@@ -66,30 +60,20 @@ def workers() -> Check:
     return Check("workers", OK, f"{len(names)} alive ({', '.join(names)})")
 
 
-def beat(client: redis.Redis, schedules: Schedules, now: float | None = None) -> Check:
-    """Whether beat sent the nightly backup the last time its schedule came due."""
+def beat(settings: Settings, schedules: Schedules, now: float | None = None) -> Check:
+    """Whether beat sent the nightly backup the last time its schedule came due (with
+    `VECTOR_BACKUP_GRACE`); a missed one is also alerted, once (`tasks.client.checks`)."""
     now = time.time() if now is None else now
-    raw = client.get(run_keys.NIGHTLY_SENT)
+    raw = redis_client(settings.runs.redis_url).get(run_keys.NIGHTLY_SENT)
     if raw is None:
         return Check("beat", WARNING, "no nightly backup was ever sent: is celery beat running?")
-    last = float(raw)
-    if missed_since(schedules.backup, last, now - BEAT_GRACE_S):
+    due = missed_nightly_backup(settings, schedules, now)
+    if due is not None:
+        check_nightly_backup(settings, schedules, now)
         return Check(
-            "beat", CRITICAL, f"the nightly backup due since the one sent {_ago(now - last)} never came"
+            "beat", CRITICAL, f"the nightly backup due {_ago(now - due)} ago was not sent (is beat running?)"
         )
-    return Check("beat", OK, f"the last nightly backup was sent {_ago(now - last)} ago, on time")
-
-
-def missed_since(schedule: str, last: float, now: float) -> bool:
-    """Whether `schedule` (cron, or seconds) came due after `last` and before `now`."""
-    try:
-        return now - last > float(schedule)
-    except ValueError:
-        pass
-    zone = ZoneInfo(os.environ.get("CELERY_TIMEZONE", "UTC"))
-    cron = crontab.from_string(schedule)
-    cron.nowfun = lambda: datetime.fromtimestamp(now, zone)
-    return bool(cron.is_due(datetime.fromtimestamp(last, zone)).is_due)
+    return Check("beat", OK, f"the last nightly backup was sent {_ago(now - float(raw))} ago, on time")
 
 
 def nightly_run(settings: Settings) -> Check:
