@@ -25,7 +25,7 @@ from psycopg2.extensions import connection as Connection
 
 from common.config import COLLECTION_TABLE, RestoreSettings, Settings, load_settings
 from common.consistency import COLLECTION_KEY, LINK_COLUMN
-from common.db import first_line, rollback_quietly, table_identifier
+from common.db import first_line, retry_while_locked, rollback_quietly, table_identifier
 from common.exceptions import RestoreError
 from common.in_place import Step
 from common.load_file import load_file
@@ -194,37 +194,32 @@ def _replace(
     """One transaction: lock the live tables against writers, delete the named collections'
     rows, insert the set's. It waits at most `lock_timeout_s` at a time for the tables
     (writers queue behind a waiting lock; searches do not), retried for `swap_wait_s`."""
-    deadline = time.monotonic() + how.swap_wait_s
-    pause = 0.1
     conn.autocommit = False
+
+    def replace() -> dict:
+        with conn.cursor() as cur:
+            timeout = f"{int(how.lock_timeout_s * 1000)}ms"
+            cur.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
+            # SHARE ROW EXCLUSIVE conflicts with every INSERT, UPDATE and DELETE, and
+            # not with SELECT: writes committed before it are all seen (and replaced,
+            # for the named collections), writes after it see the restored rows, and
+            # none lands in between, where a row written into a collection being
+            # replaced would survive beside the set's (or dangle, with no foreign key).
+            cur.execute(
+                sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                    sql.SQL(", ").join(t.live for t in tables)
+                )
+            )
+            return _move_rows(cur, tables, wanted)
+
     try:
-        while True:
-            try:
-                with conn.cursor() as cur:
-                    timeout = f"{int(how.lock_timeout_s * 1000)}ms"
-                    cur.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
-                    # SHARE ROW EXCLUSIVE conflicts with every INSERT, UPDATE and DELETE, and
-                    # not with SELECT: writes committed before it are all seen (and replaced,
-                    # for the named collections), writes after it see the restored rows, and
-                    # none lands in between, where a row written into a collection being
-                    # replaced would survive beside the set's (or dangle, with no foreign key).
-                    cur.execute(
-                        sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
-                            sql.SQL(", ").join(t.live for t in tables)
-                        )
-                    )
-                    done = _move_rows(cur, tables, wanted)
-                conn.commit()
-                return done
-            except psycopg2.errors.LockNotAvailable:
-                conn.rollback()
-                if time.monotonic() + pause > deadline:
-                    raise RestoreError(
-                        f"the live tables stayed in use for {how.swap_wait_s:g}s (open transactions "
-                        "writing to them), so no collection was replaced; nothing was restored"
-                    ) from None
-                time.sleep(pause)
-                pause = min(pause * 2, 2.0)
+        return retry_while_locked(
+            conn,
+            replace,
+            how.swap_wait_s,
+            f"the live tables stayed in use for {how.swap_wait_s:g}s (open transactions "
+            "writing to them), so no collection was replaced; nothing was restored",
+        )
     finally:
         rollback_quietly(conn)
         if not conn.closed:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import psycopg2
 import psycopg2.errors
@@ -17,11 +19,13 @@ from common.exceptions import (
     ConfigurationError,
     DatabaseUnavailableError,
     PermissionDeniedError,
+    RestoreError,
     StorageError,
     TableNotFoundError,
 )
 
 APPLICATION_NAME = "pgvector-backup"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -242,3 +246,23 @@ def table_fingerprint(conn: Connection, table: str) -> str:
     with conn.cursor() as cur:
         cur.execute(query)
         return cur.fetchone()[0]
+
+
+def retry_while_locked(conn: Connection, attempt: Callable[[], T], wait_s: float, refusal: str) -> T:
+    """`attempt()` then commit, in a transaction of `conn`; while it fails on its
+    `lock_timeout` (others hold the tables), rolled back and tried again with backoff for
+    `wait_s`, then `RestoreError(refusal)`. Short lock waits let readers through between
+    attempts, where one long wait would queue them all behind it."""
+    deadline = time.monotonic() + wait_s
+    pause = 0.1
+    while True:
+        try:
+            result = attempt()
+            conn.commit()
+            return result
+        except psycopg2.errors.LockNotAvailable:
+            conn.rollback()
+            if time.monotonic() + pause > deadline:
+                raise RestoreError(refusal) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)

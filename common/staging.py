@@ -20,7 +20,7 @@ import psycopg2.errors
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
-from common.db import table_identifier
+from common.db import retry_while_locked, table_identifier
 from common.exceptions import RestoreError, VerifyError
 from common.swap_check import swap_refusal
 from common.table_schema import (
@@ -230,24 +230,15 @@ def swap(conn: Connection, staged: list[Staged], lock_timeout_s: float, wait_s: 
     """Drop the live tables and rename the staging ones into their place, in one
     transaction that waits at most `lock_timeout_s` for the tables at a time (readers
     queue behind a waiting lock), retried for `wait_s`."""
-    deadline = time.monotonic() + wait_s
-    pause = 0.1
     conn.autocommit = False
     try:
-        while True:
-            try:
-                _swap_once(conn, staged, lock_timeout_s)
-                conn.commit()
-                return
-            except psycopg2.errors.LockNotAvailable:
-                conn.rollback()
-                if time.monotonic() + pause > deadline:
-                    raise RestoreError(
-                        f"the live tables stayed in use for {wait_s:g}s (long queries or open "
-                        "transactions hold them), so they were not swapped; nothing was restored"
-                    ) from None
-                time.sleep(pause)
-                pause = min(pause * 2, 2.0)
+        retry_while_locked(
+            conn,
+            lambda: _swap_once(conn, staged, lock_timeout_s),
+            wait_s,
+            f"the live tables stayed in use for {wait_s:g}s (long queries or open "
+            "transactions hold them), so they were not swapped; nothing was restored",
+        )
     finally:
         if not conn.closed:
             conn.rollback()
