@@ -12,6 +12,11 @@ LAST_CHECK = "vector:check:last"  # the last `check`'s exit code and time, for /
 LAST_DRILL = "vector:drill:last"  # the last restore drill's result (state, set, duration, time)
 
 
+def restore_job(job_id: str) -> str:
+    """What a restore sent through the API asked for: the set and collections (no secret)."""
+    return f"vector:restore-job:{job_id}"
+
+
 def claim(task_id: str, mode: str, database: Mapping[str, Any]) -> str:
     """Enqueue once: the run answering a pipeline task's `mode` (backup|truncate) on a database."""
     return "vector:claim:{task_id}:{mode}:{host}:{port}/{dbname}".format(

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from common.catalog import SEPARATOR, named_set
 from common.collection_restore import CollectionRestoreResult, restore_collections
 from common.config import Settings, load_settings
 from common.db import connect
 from common.exceptions import ConfigurationError, RestoreError
-from common.manifest import verify_set
+from common.manifest import SetRef, verify_set
 from common.restore import RestoreResult, restore_set
 from tasks import names
 from tasks.app import app
@@ -32,24 +33,32 @@ def inside_task_root(settings: Settings, path: str) -> Path | str:
     return resolved
 
 
+def set_location(settings: Settings, where: str) -> SetRef | Path | str:
+    """The set `where` names: its name as the list shows it (`<task_id>~<timestamp>`, which
+    is inside the root by construction), or a path inside the root (`inside_task_root`)."""
+    if SEPARATOR in where and "/" not in where:
+        return named_set(settings, where)
+    return inside_task_root(settings, where)
+
+
 @app.task(name=names.VERIFY_SET)
 def verify_backup_set(path: str) -> dict[str, Any]:
     """The verified manifest of the set at `path`; raises `VerifyError` otherwise."""
     settings = load_settings()
-    return verify_set(inside_task_root(settings, path), signing_key=settings.signing_key)
+    return verify_set(set_location(settings, path), signing_key=settings.signing_key)
 
 
 @app.task(name=names.RESTORE_SET)
 def restore_backup_set(
     path: str, mode: str = "replace", jobs: int | None = None, collections: list[str] | None = None
 ) -> RestoreResult | CollectionRestoreResult:
-    """Verify, then restore the set at `path` into the worker's configured database
+    """Verify, then restore the set at `path` (or called by its name) into the worker's configured database
     (`jobs` loaders, default `VECTOR_RESTORE_JOBS`); with `collections`, only those
     LangChain collections, in place (`common.collection_restore`)."""
     settings = load_settings()
     if collections is not None and mode != "replace":
         raise RestoreError("restoring collections replaces them; mode 'append' does not apply")
-    where = inside_task_root(settings, path)
+    where = set_location(settings, path)
     conn = connect(settings.database)
     try:
         if collections is not None:

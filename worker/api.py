@@ -21,6 +21,7 @@ from common.pins import read_pin
 from common.redis_conn import redis_client
 from worker import api_http, envelope, metrics
 from worker.api_http import reply
+from worker.api_restore import RestoreRoutes
 from worker.api_runs import RunRoutes
 from worker.openapi import PREFIX, openapi_spec
 
@@ -45,6 +46,7 @@ def create_app(
     web.json.ensure_ascii = False
     api_http.install(web, settings, api, any_host)
     RunRoutes(settings, api).register(web)
+    RestoreRoutes(settings).register(web)
 
     @web.get(f"{PREFIX}/backups")
     def backups():

@@ -30,6 +30,17 @@ def reply(body: dict, headers: dict | None = None) -> Response:
     return response
 
 
+def not_json(body: bytes) -> bool:
+    """A body not sent as JSON: a browser sends text/plain cross-site without asking first."""
+    return bool(body.strip()) and request.mimetype != "application/json"
+
+
+def unsupported_media() -> dict:
+    return envelope.error_response(
+        415, "unsupported media type", "the body must be sent as application/json", "UNSUPPORTED_MEDIA"
+    )
+
+
 def install(web: Flask, settings: Settings, api: ApiSettings, any_host: bool) -> None:
     """Every hook, in the order they must run (Flask runs `after_request` hooks last first)."""
     guard_requests(web, api, any_host)

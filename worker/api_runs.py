@@ -19,7 +19,7 @@ from tasks.client.enqueue import claim_key, enqueue_vector_management
 from tasks.client.polling import wait_for_end
 from tasks.client.runs import cancel_run, run_record, run_result, run_status
 from worker import envelope
-from worker.api_http import reply
+from worker.api_http import not_json, reply, unsupported_media
 from worker.api_params import (
     BackupParams,
     ForbiddenDatabase,
@@ -52,16 +52,8 @@ class RunRoutes:
 
     def backup(self) -> Response:
         body = request.get_data(cache=False)
-        if body.strip() and request.mimetype != "application/json":
-            # A browser sends text/plain cross-site without asking first: never a JSON body here.
-            return reply(
-                envelope.error_response(
-                    415,
-                    "unsupported media type",
-                    "the body must be sent as application/json",
-                    "UNSUPPORTED_MEDIA",
-                )
-            )
+        if not_json(body):
+            return reply(unsupported_media())
         try:
             params = parse_backup_body(body)
             target, run_url = self.settings.database, None
@@ -79,18 +71,7 @@ class RunRoutes:
 
     def refused(self, params: BackupParams, target: DatabaseTarget) -> Response | None:
         """503 for a database that cannot be reached, 429 when it has too many runs."""
-        try:
-            connect(target).close()
-        except DatabaseUnavailableError as exc:
-            # The reason (refused, timed out, wrong password) stays in this log: an answer
-            # that told it would let a caller scan ports and guess passwords.
-            log.warning("%s", exc)
-            return reply(
-                envelope.service_unavailable_response(
-                    f"the database {target.describe()} cannot be reached now"
-                )
-            )
-        return self.too_many_runs(params.task_id, params.truncate, target)
+        return unreachable(target) or self.too_many_runs(params.task_id, params.truncate, target)
 
     def start(self, params: BackupParams, run_url: str | None) -> Response:
         answer = enqueue_vector_management(
@@ -151,6 +132,20 @@ class RunRoutes:
             return reply(envelope.error_response(409, "Conflict", str(exc), "RUN_NOT_CANCELLABLE"))
         data = {"response": f"job {job_id} cancelled", "job_id": job_id, "run": run_view(status)}
         return reply(envelope.success_response(data))
+
+
+def unreachable(target: DatabaseTarget) -> Response | None:
+    """503 for a database that cannot be reached now."""
+    try:
+        connect(target).close()
+    except DatabaseUnavailableError as exc:
+        # The reason (refused, timed out, wrong password) stays in this log: an answer
+        # that told it would let a caller scan ports and guess passwords.
+        log.warning("%s", exc)
+        return reply(
+            envelope.service_unavailable_response(f"the database {target.describe()} cannot be reached now")
+        )
+    return None
 
 
 def stopped(job_id: str, status) -> Response:

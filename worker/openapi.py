@@ -69,6 +69,49 @@ ACCEPTED_DATA = {
         "status_url": {"type": "string"},
     },
 }
+RESTORE_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["set"],
+    "properties": {
+        "set": {
+            "type": "string",
+            "minLength": 1,
+            "description": "the set's name as the backups list shows it",
+        },
+        "collections": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "^[^\\u0000]*$"},
+            "minItems": 1,
+            "maxItems": 100,
+            "description": "replace only these LangChain collections, in place",
+        },
+        "whole_set": {"type": "boolean", "description": "true: replace every table of the set"},
+    },
+    # Say which: the collections, or the whole set; never neither, never both.
+    "oneOf": [
+        {"required": ["collections"], "properties": {"whole_set": {"enum": [False]}}},
+        {
+            "required": ["whole_set"],
+            "properties": {"whole_set": {"enum": [True]}},
+            "not": {"required": ["collections"]},
+        },
+    ],
+}
+RESTORE_JOB = {
+    "type": "object",
+    "required": ["response", "job_id", "set", "collections", "state", "timestamp"],
+    "properties": {
+        "response": {"type": "string"},
+        "job_id": {"type": "string"},
+        "set": {"type": "string"},
+        "collections": {"type": ["array", "null"], "items": {"type": "string"}},
+        "requested_at": {"type": "number"},
+        "state": {"type": "string", "description": "PENDING (queued), STARTED, SUCCESS or FAILURE"},
+        "result": {"type": "object"},
+        "error": {"type": "object"},
+    },
+}
 GENERIC_DATA = {"type": "object", "required": ["response", "timestamp"]}
 NULLABLE_TEXT = {"type": ["string", "null"]}
 PIN = {
@@ -207,6 +250,29 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 },
             },
+            f"{PREFIX}/restore": {
+                "post": {
+                    "summary": "Restore a set into the workers' database: only some collections, or the "
+                    "whole set (say which)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": RESTORE_BODY}},
+                    },
+                    "responses": {
+                        "202": _json(_envelope(ACCEPTED_DATA, True), "sent to the workers; poll status_url"),
+                        **_errors(400, 401, 404, 413, 415, 503),
+                    },
+                }
+            },
+            f"{PREFIX}/restore/{{job_id}}": _get(
+                "A restore job: what was asked, its state, its result or error",
+                ["job_id"],
+                "the restore job",
+                401,
+                404,
+                503,
+                data=RESTORE_JOB,
+            ),
             f"{PREFIX}/backups": _get(
                 "Backup sets under the task root, newest first, each with whether it is pinned",
                 [],
