@@ -64,18 +64,29 @@ def _abort_stale_uploads_of_tasks(settings, max_age_s: float | None) -> int:
     return aborted
 
 
-@app.task(name=names.RESTORE_DRILL)
-def restore_drill() -> dict:
-    """Restore the newest nightly set into `VECTOR_DRILL_DB_URL` and check it (`common.drill`)."""
+@app.task(name=names.RESTORE_DRILL, bind=True)
+def restore_drill(self) -> dict:
+    """Restore the newest nightly set into `VECTOR_DRILL_DB_URL` and check it (`common.drill`);
+    a failed drill alerts once, under this task's id."""
     settings, schedules = load_settings(), load_schedules()
     if schedules.drill_db_url is None:
         return {"state": "off"}
-    result = run_drill(settings, scratch_target(settings, schedules.drill_db_url))
+    target = scratch_target(settings, schedules.drill_db_url)
+    result = run_drill(settings, target)
     client = redis_client(settings.runs.redis_url)
     record_drill(client, result)
     if result.state != "passed":
+        drill_id = self.request.id or f"drill_{result.at:.0f}"
+        where = {} if result.set is None else {"backup_directory": result.set.rsplit("/", 1)[0]}
         alerts.alert(
-            settings, client, alerts.DRILL_FAILED, str(result.at), error=result.detail, set=result.set
+            settings,
+            client,
+            alerts.DRILL_FAILED,
+            drill_id,
+            drill_id=drill_id,
+            error=result.detail,
+            database=target.identity,
+            **where,
         )
     log.log(
         logging.INFO if result.state == "passed" else logging.ERROR,
