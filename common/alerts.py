@@ -103,6 +103,10 @@ def alert(
     Never raises. `fields` are AlertBody's; `error` is shortened and masked."""
     try:
         body = alert_body(settings, event, at=at, **fields)
+    except ValueError as exc:  # a body this code got wrong (the message names fields only): say so loudly
+        log.error("%s alert for %s not sent: %s", event, subject, exc)
+        return None
+    try:
         claimed = client.set(
             run_keys.alert(event, subject), body["at"], nx=True, ex=ttl_s or settings.runs.keep_s
         )
