@@ -11,10 +11,9 @@ import time
 import pytest
 
 from common.config import load_api_settings
-from tests.test_collection_restore import EMBEDDING, collection_rows, row_versions
+from tests.test_collection_restore import EMBEDDING, collection_rows, docs_and_beta_backed_up, row_versions
 from worker.api import create_app
 from worker.celery_app import release_pending_results
-from worker.sample_store import add_awkward_rows, add_collection
 
 pytestmark = pytest.mark.usefixtures("celery_worker_session")
 RESTORE = "/api/v0/data_pipeline/vector/restore"
@@ -43,12 +42,7 @@ def finished(client, status_url: str, timeout: float = 60) -> dict:
 @pytest.fixture
 def backed_up(client, store, task_id):
     """Two collections backed up by a real run, then 'docs' damaged; (set name, docs as backed up)."""
-    from tasks.vector_backup import build_vector_workflow
-
-    add_awkward_rows(store.conn, store.kind, store.collection_id)
-    add_awkward_rows(store.conn, store.kind, add_collection(store.conn, store.kind, "beta"))
-    result = build_vector_workflow(task_id, backup=True).apply_async().get(timeout=60)
-    backed = collection_rows(store.conn, "docs")
+    result, backed = docs_and_beta_backed_up(store, task_id)
     with store.conn.cursor() as cur:
         cur.execute(f"DELETE FROM {EMBEDDING} WHERE collection_id = %s", (store.collection_id,))
     timestamp = result["manifest"].removeprefix("manifest_").removesuffix(".json")

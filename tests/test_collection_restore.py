@@ -270,15 +270,22 @@ def test_a_restore_already_running_in_the_database_refuses(store, three, service
     assert fingerprints(db) == before
 
 
-@pytest.mark.usefixtures("celery_worker_session")
-def test_the_restore_task_takes_collections(store, task_id, task_root):
-    from tasks.backup_sets import restore_backup_set
+def docs_and_beta_backed_up(store, task_id: str) -> tuple[dict, list]:
+    """'docs' and 'beta' with awkward rows, backed up by a real run through the workers:
+    the run's result and 'docs' as backed up."""
     from tasks.vector_backup import build_vector_workflow
 
     add_awkward_rows(store.conn, store.kind, store.collection_id)
     add_awkward_rows(store.conn, store.kind, add_collection(store.conn, store.kind, "beta"))
     result = build_vector_workflow(task_id, backup=True).apply_async().get(timeout=60)
-    backed = collection_rows(store.conn, "docs")
+    return result, collection_rows(store.conn, "docs")
+
+
+@pytest.mark.usefixtures("celery_worker_session")
+def test_the_restore_task_takes_collections(store, task_id, task_root):
+    from tasks.backup_sets import restore_backup_set
+
+    result, backed = docs_and_beta_backed_up(store, task_id)
     with store.conn.cursor() as cur:
         cur.execute(
             f"DELETE FROM {EMBEDDING} WHERE collection_id = %s AND document IS NULL", (store.collection_id,)
