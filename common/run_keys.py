@@ -10,6 +10,8 @@ from typing import Any
 RUNS_INDEX = "vector:runs"  # recent runs, scored by request time
 LAST_CHECK = "vector:check:last"  # the last `check`'s exit code and time, for /metrics
 LAST_DRILL = "vector:drill:last"  # the last restore drill's result (state, set, duration, time)
+RUN_LOCKS = "vector:run-lock:*"  # every database's run lock (`run_lock`), for `check`
+CLAIMS = "vector:claim:*"  # every enqueue-once claim (`claim`), for `check`
 
 
 def restore_job(job_id: str) -> str:

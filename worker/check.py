@@ -16,6 +16,7 @@ from common.drill import last_drill
 from common.exceptions import VectorBackupError
 from common.health import CRITICAL, OK, UNKNOWN, WARNING, Check
 from common.redis_conn import redis_client, run_states
+from common.stale_locks import locks_and_claims
 from tasks.client.checks import check_nightly_backup, missed_nightly_backup
 
 
@@ -25,6 +26,7 @@ def run_checks(settings: Settings | None = None, schedules: Schedules | None = N
     checks = [broker(client)]
     if checks[0].status == OK:
         checks += [workers(), beat(settings, schedules), nightly_run(settings)]
+        checks.append(locks_and_claims(client, run_states(settings)))
     checks.append(health.database(settings))
     try:
         storage = settings.backup_storage()
