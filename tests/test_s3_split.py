@@ -119,17 +119,18 @@ def test_two_hosts_without_a_shared_directory_or_object_storage_fail_clearly(
     tables' files land on different disks. The set is not called performed, nothing is
     truncated, and the error says what to do."""
     monkeypatch.delenv("VECTOR_STORAGE_URL", raising=False)
-    add_bulk_rows(store.conn, store.kind, store.collection_id, 20_000, dim=16)
+    add_bulk_rows(store.conn, store.kind, store.collection_id, 4_000, dim=16)
     broker = isolated(services["CELERY_BROKER_URL"], 14)
     hosts = {name: host(tmp_path, name, broker) for name in ("host_a", "host_b", "host_c")}
-    # One copier per table, each held up long enough that the other host takes the other table.
+    # One copier per table, held up (progress on every row: ~2 ms a row) long enough that
+    # the other host takes the other table.
     for env in hosts.values():
         env.update(VECTOR_SPLIT_WORKERS="1", VECTOR_PROGRESS_EVERY="1")
     final, _ = truncate_run_on_two_hosts(hosts, task_id, tmp_path)
 
     assert final["state"] == "FAILURE", final
     assert "VECTOR_STORAGE_URL" in str(final["outcome"]), final
-    assert count_rows(store.conn, EMBEDDING) == 20_000
+    assert count_rows(store.conn, EMBEDDING) == 4_000
     wrote = [name for name in ("host_a", "host_b") if any((tmp_path / name).rglob(f"{EMBEDDING}_*"))]
     assert len(wrote) == 1  # the embedding file is on one host's disk only
     assert not list((tmp_path / "host_a").rglob("manifest_*")) + list(
