@@ -39,14 +39,18 @@ def finished(client, status_url: str, timeout: float = 60) -> dict:
     raise AssertionError(f"the restore job did not end: {data}")
 
 
-@pytest.fixture
-def backed_up(client, store, task_id):
+def damaged_after_backup(store, task_id: str) -> tuple[str, list]:
     """Two collections backed up by a real run, then 'docs' damaged; (set name, docs as backed up)."""
     result, backed = docs_and_beta_backed_up(store, task_id)
     with store.conn.cursor() as cur:
         cur.execute(f"DELETE FROM {EMBEDDING} WHERE collection_id = %s", (store.collection_id,))
     timestamp = result["manifest"].removeprefix("manifest_").removesuffix(".json")
     return f"{task_id}~{timestamp}", backed
+
+
+@pytest.fixture
+def backed_up(store, task_id):
+    return damaged_after_backup(store, task_id)
 
 
 def test_a_collection_is_restored_through_the_api_and_the_others_stay(client, store, backed_up):
@@ -65,6 +69,18 @@ def test_a_collection_is_restored_through_the_api_and_the_others_stay(client, st
     assert job["result"]["collections"]["docs"]["rows"] == 10
     assert collection_rows(store.conn, "docs") == backed
     assert row_versions(store.conn, "beta") == beta
+
+
+def test_a_collection_is_restored_from_object_storage(s3_root, store, task_id, task_root):
+    name, backed = damaged_after_backup(store, task_id)
+    web = create_app().test_client()  # after s3_root: the API reads VECTOR_STORAGE_URL once
+
+    job = finished(web, post(web, {"set": name, "collections": ["docs"]}).get_json()["data"]["status_url"])
+
+    assert job["state"] == "SUCCESS", job
+    assert job["result"]["manifest"] == f"manifest_{name.split('~')[1]}.json"
+    assert not list((task_root / task_id).rglob("manifest_*"))  # the set is only in the bucket
+    assert collection_rows(store.conn, "docs") == backed
 
 
 def test_the_whole_set_is_restored_only_when_asked_by_name(client, store, backed_up):
