@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common.catalog import SEPARATOR, named_set
+from common.catalog import SEPARATOR, find_set
 from common.collection_restore import CollectionRestoreResult, restore_collections
 from common.config import Settings, load_settings
 from common.db import connect
@@ -34,10 +34,10 @@ def inside_task_root(settings: Settings, path: str) -> Path | str:
 
 
 def set_location(settings: Settings, where: str) -> SetRef | Path | str:
-    """The set `where` names: its name as the list shows it (`<task_id>~<timestamp>`, which
-    is inside the root by construction), or a path inside the root (`inside_task_root`)."""
+    """The set `where` names: its name as the list shows it (`<task_id>~<timestamp>`; found
+    as the API finds it, never through a link), or a path inside the root (`inside_task_root`)."""
     if SEPARATOR in where and "/" not in where:
-        return named_set(settings, where)
+        return find_set(settings, where)[0]
     return inside_task_root(settings, where)
 
 

@@ -7,13 +7,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import uuid
 
+import jsonschema
 import pytest
 
-from common.config import load_api_settings
+from common import run_keys
+from common.config import load_api_settings, load_settings
+from common.redis_conn import redis_client, run_states
 from tests.test_collection_restore import EMBEDDING, collection_rows, docs_and_beta_backed_up, row_versions
 from worker.api import create_app
 from worker.celery_app import release_pending_results
+from worker.openapi import openapi_spec
 
 pytestmark = pytest.mark.usefixtures("celery_worker_session")
 RESTORE = "/api/v0/data_pipeline/vector/restore"
@@ -26,7 +31,15 @@ def client(services):
 
 
 def post(client, body, **kwargs):
-    return client.post(RESTORE, data=json.dumps(body), content_type="application/json", **kwargs)
+    data = body if isinstance(body, str) else json.dumps(body)
+    return client.post(RESTORE, data=data, content_type="application/json", **kwargs)
+
+
+def conforms(answer, method: str, path: str, status: str) -> None:
+    """The answer's body is what the OpenAPI description says (schemathesis never gets a
+    real set to restore, so it never sees these)."""
+    responses = openapi_spec()["paths"][path][method]["responses"]
+    jsonschema.validate(answer.get_json(), responses[status]["content"]["application/json"]["schema"])
 
 
 def finished(client, status_url: str, timeout: float = 60) -> dict:
@@ -60,9 +73,11 @@ def test_a_collection_is_restored_through_the_api_and_the_others_stay(client, st
     answer = post(client, {"set": name, "collections": ["docs"]})
 
     assert answer.status_code == 202, answer.get_json()
+    conforms(answer, "post", RESTORE, "202")
     data = answer.get_json()["data"]
     assert answer.headers["Location"] == data["status_url"]
     job = finished(client, data["status_url"])
+    conforms(client.get(data["status_url"]), "get", f"{RESTORE}/{{job_id}}", "200")
     assert job["state"] == "SUCCESS", job
     assert job["set"] == name and job["collections"] == ["docs"]
     assert job["result"]["strategy"] == "collections"
@@ -123,6 +138,10 @@ def test_a_collection_the_set_lacks_fails_the_job_and_changes_nothing(client, st
         ({"collections": ["a"]}, "set must be"),
         ({"set": "x~1", "collections": ["a"], "db_connection": "postgresql://u:p@h/d"}, "unknown field"),
         ([], "JSON object"),
+        ({"set": "x~1", "whole_set": True, "collections": None}, "collections must be a list"),
+        ({"set": "x~1", "collections": ["docs"], "whole_set": None}, "whole_set must be true or false"),
+        ('{"set": "x~1", "collections": ["\\ud800"]}', "collections must be a list"),
+        ({"set": "x~1", "collections": ["a\u0000b"]}, "collections must be a list"),
     ],
 )
 def test_a_malformed_body_is_refused(client, body, why):
@@ -130,6 +149,23 @@ def test_a_malformed_body_is_refused(client, body, why):
 
     assert answer.status_code == 400 and why in answer.get_json()["data"]["response"], answer.get_json()
     assert "postgresql://u:p" not in answer.get_data(as_text=True)
+
+
+def test_a_restore_waits_for_a_live_run_of_the_database(client, store, backed_up):
+    name, _ = backed_up
+    settings = load_settings()
+    run_id = uuid.uuid4().hex
+    run_states(settings).create(run_id, "t_busy", settings.database.identity, False)  # queued
+    try:
+        answer = post(client, {"set": name, "collections": ["docs"]})
+    finally:
+        redis_client(settings.runs.redis_url).hset(run_keys.run_state(run_id), "state", "cancelled")
+
+    assert answer.status_code == 409 and answer.headers["Retry-After"] == "30"
+    data = answer.get_json()["data"]
+    assert data["error_type"] == "RUN_IN_PROGRESS" and data["job_id"] == run_id and data["can_retry"]
+    conforms(answer, "post", RESTORE, "409")
+    assert collection_rows(store.conn, "docs")[1] == []
 
 
 def test_unknown_sets_jobs_and_media_are_refused(client, task_id):

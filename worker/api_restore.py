@@ -16,6 +16,7 @@ from flask import Flask, Response, request, url_for
 from common.catalog import find_set
 from common.config import Settings
 from common.exceptions import VerifyError
+from common.redis_conn import run_states
 from tasks.client.restores import enqueue_restore, restore_job
 from worker import envelope
 from worker.api_http import not_json, reply, unsupported_media
@@ -42,12 +43,12 @@ def parse_restore_body(raw: bytes) -> tuple[str, list[str] | None]:
     name, collections, whole = body.get("set"), body.get("collections"), body.get("whole_set")
     if not isinstance(name, str) or not name:
         raise InvalidParams("set must be a set's name as the backups list shows it: <task_id>~<timestamp>")
-    if whole is not None and type(whole) is not bool:
+    if "whole_set" in body and type(whole) is not bool:
         raise InvalidParams("whole_set must be true or false")
-    if collections is not None and not _names(collections):
+    if "collections" in body and not _names(collections):
         raise InvalidParams(
             f"collections must be a list of 1 to {MAX_COLLECTIONS} non-empty names "
-            f"(each at most {MAX_NAME} characters)"
+            f"(each at most {MAX_NAME} characters of text, no NUL)"
         )
     if (collections is None) == (whole is not True):
         raise InvalidParams(
@@ -61,8 +62,18 @@ def _names(value: Any) -> bool:
     return (
         isinstance(value, list)
         and 1 <= len(value) <= MAX_COLLECTIONS
-        and all(isinstance(n, str) and 0 < len(n) <= MAX_NAME and "\0" not in n for n in value)
+        and all(isinstance(n, str) and 0 < len(n) <= MAX_NAME and _text(n) for n in value)
     )
+
+
+def _text(name: str) -> bool:
+    """Text PostgreSQL can store and a reply can carry: no NUL, no lone surrogate (JSON
+    lets a client send `"\\ud800"`, which no UTF-8 answer could repeat)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\0" not in name
 
 
 class RestoreRoutes:
@@ -85,7 +96,7 @@ class RestoreRoutes:
             find_set(self.settings, name)
         except VerifyError as exc:
             return reply(envelope.not_found_response(str(exc)[:300]))
-        refused = unreachable(self.settings.database)
+        refused = unreachable(self.settings.database) or self.run_in_progress()
         if refused is not None:
             return refused
         job_id = enqueue_restore(self.settings, name, collections)
@@ -93,6 +104,23 @@ class RestoreRoutes:
         status_url = url_for("restore_job", job_id=job_id)
         data = {"response": f"restore of {what} from {name} sent", "job_id": job_id, "status_url": status_url}
         return reply(envelope.success_response(data, "accepted", code=202), {"Location": status_url})
+
+    def run_in_progress(self) -> Response | None:
+        """409 while a backup or truncate run of the database is queued or running: a
+        restore would swap or replace tables under its COPY or its TRUNCATE."""
+        target = self.settings.database
+        live = run_states(self.settings).live_runs(target.identity)
+        if not live:
+            return None
+        body = envelope.error_response(
+            409,
+            "Conflict",
+            f"run {live[0]} of {target.describe()} is queued or running; restore when it has ended",
+            "RUN_IN_PROGRESS",
+            job_id=live[0],
+            can_retry=True,
+        )
+        return reply(body, {"Retry-After": "30"})
 
     def job(self, job_id: str) -> Response:
         job = restore_job(self.settings, job_id) if JOB_ID.match(job_id) else None

@@ -165,7 +165,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "missing or wrong bearer token (when API_TOKEN is set)",
         403: "db_connection host not allowed",
         404: "not found",
-        409: "the run has already ended (or is truncating): nothing to cancel",
+        409: "cancel: the run has already ended (or is truncating); restore: a run of the database is live",
         413: "body too large",
         415: "a body that is not sent as application/json",
         429: "too many runs of that database are queued or running (VECTOR_API_MAX_RUNS); can_retry is true",
@@ -260,7 +260,7 @@ def openapi_spec() -> dict[str, Any]:
                     },
                     "responses": {
                         "202": _json(_envelope(ACCEPTED_DATA, True), "sent to the workers; poll status_url"),
-                        **_errors(400, 401, 404, 413, 415, 503),
+                        **_errors(400, 401, 404, 409, 413, 415, 503),
                     },
                 }
             },

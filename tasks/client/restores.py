@@ -25,9 +25,16 @@ def enqueue_restore(settings: Settings, set_name: str, collections: list[str] | 
     job_id = uuid.uuid4().hex
     record = {"job_id": job_id, "set": set_name, "collections": collections, "requested_at": time.time()}
     client = redis_client(settings.runs.redis_url)
-    client.set(run_keys.restore_job(job_id), json.dumps(record), ex=int(app.conf.result_expires or 86400))
+    # Celery keeps the result `result_expires` from the task's end; the record starts now
+    # and must outlast a wait in the queue too.
+    keep = int(app.conf.result_expires or 86400) + int(settings.runs.keep_s)
+    client.set(run_keys.restore_job(job_id), json.dumps(record), ex=keep)
     kwargs = {} if collections is None else {"collections": collections}
-    app.send_task(names.RESTORE_SET, args=(set_name,), kwargs=kwargs, task_id=job_id)
+    try:
+        app.send_task(names.RESTORE_SET, args=(set_name,), kwargs=kwargs, task_id=job_id)
+    except BaseException:
+        client.delete(run_keys.restore_job(job_id))  # never sent: no job to show as queued
+        raise
     return job_id
 
 
