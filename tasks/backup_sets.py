@@ -12,6 +12,7 @@ from common.config import Settings, load_settings
 from common.db import connect
 from common.exceptions import ConfigurationError, RestoreError
 from common.manifest import SetRef, verify_set
+from common.redis_conn import run_states
 from common.restore import RestoreResult, restore_set
 from tasks import names
 from tasks.app import app
@@ -58,6 +59,13 @@ def restore_backup_set(
     settings = load_settings()
     if collections is not None and mode != "replace":
         raise RestoreError("restoring collections replaces them; mode 'append' does not apply")
+    live = run_states(settings).live_runs(settings.database.identity)
+    if live:
+        # It may have waited in the queue behind a run the API's own check did not see.
+        raise RestoreError(
+            f"run {live[0]} of {settings.database.describe()} is queued or running; "
+            "nothing was restored: restore when it has ended"
+        )
     where = set_location(settings, path)
     conn = connect(settings.database)
     try:

@@ -14,6 +14,7 @@ import pytest
 
 from common import run_keys
 from common.config import load_api_settings, load_settings
+from common.exceptions import RestoreError
 from common.redis_conn import redis_client, run_states
 from tests.test_collection_restore import EMBEDDING, collection_rows, docs_and_beta_backed_up, row_versions
 from worker.api import create_app
@@ -165,6 +166,23 @@ def test_a_restore_waits_for_a_live_run_of_the_database(client, store, backed_up
     data = answer.get_json()["data"]
     assert data["error_type"] == "RUN_IN_PROGRESS" and data["job_id"] == run_id and data["can_retry"]
     conforms(answer, "post", RESTORE, "409")
+    assert collection_rows(store.conn, "docs")[1] == []
+
+
+def test_a_restore_task_that_finds_a_live_run_restores_nothing(store, backed_up):
+    from tasks.backup_sets import restore_backup_set
+
+    name, _ = backed_up
+    settings = load_settings()
+    run_id = uuid.uuid4().hex
+    run_states(settings).create(run_id, "t_busy", settings.database.identity, False)  # queued
+    try:
+        with pytest.raises(
+            RestoreError, match=f"run {run_id} of .* is queued or running; nothing was restored"
+        ):
+            restore_backup_set.delay(name, collections=["docs"]).get(timeout=60)
+    finally:
+        redis_client(settings.runs.redis_url).hset(run_keys.run_state(run_id), "state", "cancelled")
     assert collection_rows(store.conn, "docs")[1] == []
 
 
