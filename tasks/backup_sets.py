@@ -63,8 +63,8 @@ def restore_backup_set(
     if live:
         # It may have waited in the queue behind a run the API's own check did not see.
         raise RestoreError(
-            f"run {live[0]} of {settings.database.describe()} is queued or running; "
-            "nothing was restored: restore when it has ended"
+            f"run {live[0]} of {settings.database.describe()} is queued or running; nothing was "
+            f"restored: restore when it has ended (or stop it: python -m worker cancel {live[0]})"
         )
     where = set_location(settings, path)
     conn = connect(settings.database)

@@ -12,6 +12,7 @@ import redis
 from common.compression import decompressing
 from common.config import load_settings
 from common.exceptions import BackupFailedError, RunEndedError, TruncateRefusedError
+from common.redis_conn import run_states
 from common.run_steps import truncate_after_backup
 from tasks.vector_backup import backup_table, build_vector_workflow, run_lock, truncate_vector_tables
 from tests.conftest import FAKE_PASSWORD
@@ -239,8 +240,9 @@ def test_a_polling_client_sees_progress_meta_while_the_worker_copies(db, task_id
         progress = async_result.info
         final = async_result.get(timeout=TIMEOUT)
     finally:
-        # A lone table task has no chord body to release the run lock.
+        # A lone table task has no chord body to release the run lock or end the run.
         run_lock(load_settings(), request["run_id"]).release()
+        run_states(load_settings()).finish(request["run_id"], "cancelled", "the test is over")
         with db.cursor() as cur:
             cur.execute("DROP VIEW slow_rows")
     assert progress["table"] == "slow_rows" and progress["rows"] == 50_000

@@ -115,7 +115,8 @@ class RestoreRoutes:
         body = envelope.error_response(
             409,
             "Conflict",
-            f"run {live[0]} of {target.describe()} is queued or running; restore when it has ended",
+            f"run {live[0]} of {target.describe()} is queued or running; restore when it has ended "
+            f"(or cancel it: DELETE {PREFIX}/backup/{live[0]})",
             "RUN_IN_PROGRESS",
             job_id=live[0],
             can_retry=True,
