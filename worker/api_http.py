@@ -30,6 +30,12 @@ def reply(body: dict, headers: dict | None = None) -> Response:
     return response
 
 
+def busy(code: int, title: str, text: str, error_type: str, job_id: str) -> Response:
+    """A refusal to come back to (429, 409): the run in the way, `can_retry`, `Retry-After`."""
+    body = envelope.error_response(code, title, text, error_type, job_id=job_id, can_retry=True)
+    return reply(body, {"Retry-After": "30"})
+
+
 def not_json(body: bytes) -> bool:
     """A body not sent as JSON: a browser sends text/plain cross-site without asking first."""
     return bool(body.strip()) and request.mimetype != "application/json"

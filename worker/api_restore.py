@@ -19,7 +19,7 @@ from common.exceptions import VerifyError
 from common.redis_conn import run_states
 from tasks.client.restores import enqueue_restore, restore_job
 from worker import envelope
-from worker.api_http import not_json, reply, unsupported_media
+from worker.api_http import busy, not_json, reply, unsupported_media
 from worker.api_params import InvalidParams
 from worker.api_runs import JOB_ID, unreachable
 from worker.openapi import PREFIX
@@ -112,16 +112,14 @@ class RestoreRoutes:
         live = run_states(self.settings).live_runs(target.identity)
         if not live:
             return None
-        body = envelope.error_response(
+        return busy(
             409,
             "Conflict",
             f"run {live[0]} of {target.describe()} is queued or running; restore when it has ended "
             f"(or cancel it: DELETE {PREFIX}/backup/{live[0]})",
             "RUN_IN_PROGRESS",
-            job_id=live[0],
-            can_retry=True,
+            live[0],
         )
-        return reply(body, {"Retry-After": "30"})
 
     def job(self, job_id: str) -> Response:
         job = restore_job(self.settings, job_id) if JOB_ID.match(job_id) else None

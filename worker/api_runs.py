@@ -19,7 +19,7 @@ from tasks.client.enqueue import claim_key, enqueue_vector_management
 from tasks.client.polling import wait_for_end
 from tasks.client.runs import cancel_run, run_record, run_result, run_status
 from worker import envelope
-from worker.api_http import not_json, reply, unsupported_media
+from worker.api_http import busy, not_json, reply, unsupported_media
 from worker.api_params import (
     BackupParams,
     ForbiddenDatabase,
@@ -102,16 +102,14 @@ class RunRoutes:
         live = run_states(self.settings).live_runs(target.identity)
         if len(live) < self.api.max_runs:
             return None
-        body = envelope.error_response(
+        return busy(
             429,
             "too many runs",
             f"{len(live)} runs of {target.describe()} are queued or running (VECTOR_API_MAX_RUNS); "
             f"try again when run {live[0]} has ended",
             "TOO_MANY_RUNS",
-            job_id=live[0],
-            can_retry=True,
+            live[0],
         )
-        return reply(body, {"Retry-After": "30"})
 
     def job(self, job_id: str) -> Response:
         record = run_record(job_id, self.settings) if JOB_ID.match(job_id) else None
