@@ -159,6 +159,19 @@ def runs(limit, as_json):
 set_argument = click.argument("where", metavar="SET")
 
 
+@contextlib.contextmanager
+def _set_command_errors():
+    """How `pin` and `unpin` fail: a SET that names no set's place is a usage error (exit
+    2); a set or storage that cannot be read prints ✗ and exits 1."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+    except (VectorBackupError, OSError) as exc:
+        click.echo(f"✗ {exc}")
+        sys.exit(1)
+
+
 @cli.command()
 @set_argument
 @click.option("--reason", help="Why it is kept (one line, at most 500 characters); the list API shows it.")
@@ -171,17 +184,11 @@ def pin(where, reason):
     """
     from common.catalog import set_ref
     from common.config import load_settings
-    from common.exceptions import ConfigurationError
     from common.pins import pin as pin_set
 
-    try:
+    with _set_command_errors():
         ref = set_ref(load_settings(), where)
         done = pin_set(ref.storage, ref.timestamp, reason)
-    except ConfigurationError as exc:
-        raise click.UsageError(str(exc)) from None
-    except (VectorBackupError, OSError) as exc:
-        click.echo(f"✗ {exc}")
-        sys.exit(1)
     click.echo(output.pinned_message(where, done))
 
 
@@ -194,20 +201,14 @@ def unpin(where):
     """
     from common.catalog import set_ref
     from common.config import load_settings
-    from common.exceptions import ConfigurationError
     from common.pins import unpin as unpin_set
 
-    try:
+    with _set_command_errors():
         ref = set_ref(load_settings(), where)
         was_pinned = unpin_set(ref.storage, ref.timestamp)
         if not was_pinned and ref.storage.stat(ref.manifest) is None:
             click.echo(output.no_set_message(where, ref.storage.location))
             sys.exit(1)
-    except ConfigurationError as exc:
-        raise click.UsageError(str(exc)) from None
-    except (VectorBackupError, OSError) as exc:
-        click.echo(f"✗ {exc}")
-        sys.exit(1)
     click.echo(output.unpinned_message(where, was_pinned))
 
 
